@@ -1,0 +1,318 @@
+"""Typed configuration: YAML files load into dataclasses; `--set a.b=value` overrides.
+
+Every key is checked: an unknown or mistyped key is an error naming it and listing the valid ones,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+# The official LoRA targets (DESIGN §2): names are matched against the module's full path.
+OFFICIAL_LORA_TARGETS = [
+    "x_embedder",
+    "transformer_blocks.*.norm1.linear",
+    "transformer_blocks.*.attn.to_q",
+    "transformer_blocks.*.attn.to_k",
+    "transformer_blocks.*.attn.to_v",
+    "transformer_blocks.*.attn.to_out.0",
+    "transformer_blocks.*.ff.net.2",
+    "single_transformer_blocks.*.norm.linear",
+    "single_transformer_blocks.*.proj_mlp",
+    "single_transformer_blocks.*.proj_out",
+    "single_transformer_blocks.*.attn.to_q",
+    "single_transformer_blocks.*.attn.to_k",
+    "single_transformer_blocks.*.attn.to_v",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message meant for the user."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 4
+    alpha: float = 4.0
+    init: str = "gaussian"  # peft init_lora_weights: "gaussian" (official) or "default"
+    target_modules: list = field(default_factory=lambda: list(OFFICIAL_LORA_TARGETS))
+
+
+@dataclass
+class ModelConfig:
+    num_experts: int = 20  # 1 global + 19 local
+    expert_hidden_dim: int = 32
+    has_expert: bool = True  # ablation: False = identity instead of expert MLPs
+    has_gating: bool = True  # ablation: False = plain sum of expert outputs
+    scalar_gating: bool = False  # ablation: per-expert weights averaged over tokens
+    union_cond_attn: bool = True  # False blocks attention between image/text and condition tokens
+    latent_lora: bool = False  # True applies LoRA to image/text tokens too
+    # The gate is trained with t in [0,1]; the official inference fed the scheduler's t in
+    # [0,1000]. 1.0 is the consistent choice; 1000.0 reproduces the official sampler.
+    gate_timestep_scale: float = 1.0
+    global_map: str = "official"  # "official": label/255 grey map; "palette": coloured classes
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/mmcelebahq"
+    size: int = 512  # target image size
+    condition_size: int = 512  # mask size (must equal size: condition tokens align with image)
+    drop_text_prob: float = 0.1
+    drop_image_prob: float = 0.1
+    # Splits: "START-END" id ranges (inclusive) or a path (relative to root) of an id-list file.
+    train_split: str = "0-26999"
+    test_split: str = "27000-29999"
+    cache_dir: Optional[str] = None  # pre-encoded latents/embeddings; None = encode on the fly
+    num_workers: int = 4
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "prodigy"  # "prodigy" or "adamw"
+    lr: float = 1.0
+    weight_decay: float = 0.01
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    use_bias_correction: bool = True  # Prodigy only
+    safeguard_warmup: bool = True  # Prodigy only
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "mogle"  # "mogle": LoRA + MoGLE on a frozen base; "base": full text-to-image
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int = 100000
+    grad_clip: float = 0.5
+    gradient_checkpointing: bool = True
+    mixed_precision: str = "bf16"  # "no", "fp16" or "bf16"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    save_interval: int = 1000
+    sample_interval: int = 100
+    keep_checkpoints: int = 3
+    log_interval: int = 10
+    tracker: str = "tensorboard"  # "tensorboard", "wandb" or "none"
+    runs_dir: str = "runs"
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 28
+    guidance: float = 3.5
+    size: int = 512
+    max_sequence_length: int = 512  # T5 tokens
+    condition_scale: float = 1.0
+    mask_latent: str = "mode"  # "mode" or "sample" of the VAE posterior for mask maps
+
+
+@dataclass
+class Config:
+    name: str = "face-mogle"
+    # A diffusers-layout FLUX folder, or "tiny" for the in-code tiny preset.
+    pretrained: str = "checkpoints/FLUX.1-dev"
+    dtype: str = "bfloat16"  # weights dtype of the frozen backbone
+    seed: int = 42
+    max_sequence_length: int = 512  # T5 tokens in training
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check `value` against the annotated type, allowing int→float; error names the key."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return _build(typ, value, key + ".")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    elif typ is list or origin is list:
+        if isinstance(value, list):
+            return value
+    else:  # pragma: no cover - only the types above are used
+        return value
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"config key '{key}' must be {name}, got {value!r}")
+
+
+def _unknown_key(prefix: str, key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(
+        f"unknown config key '{prefix}{key}'{hint}; valid keys"
+        f"{' under ' + repr(prefix[:-1]) if prefix else ''}: {', '.join(valid)}"
+    )
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in types_:
+            raise _unknown_key(prefix, str(key), list(types_))
+        kwargs[key] = _coerce(value, types_[key], prefix + key)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = _build(Config, data or {})
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.batch_size=8' -> (['train', 'batch_size'], 8); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides to a raw config mapping, checking each path exists."""
+    data = dict(data or {})
+    for text in overrides or []:
+        path, value = parse_override(text)
+        cls, node, prefix = Config, data, ""
+        for i, part in enumerate(path):
+            types_ = _field_types(cls)
+            if part not in types_:
+                raise _unknown_key(prefix, part, list(types_))
+            if i == len(path) - 1:
+                node[part] = value
+            else:
+                sub = node.get(part)
+                sub = dict(sub) if isinstance(sub, dict) else {}
+                node[part] = sub
+                node, cls, prefix = sub, types_[part], prefix + part + "."
+                if not dataclasses.is_dataclass(cls):
+                    raise ConfigError(f"config key '{prefix[:-1]}' is not a section")
+    return data
+
+
+def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    _choice("dtype", cfg.dtype, ("float32", "bfloat16", "float16"))
+    _choice("model.global_map", cfg.model.global_map, ("official", "palette"))
+    _choice("train.mode", cfg.train.mode, ("mogle", "base"))
+    _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
+    _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))
+    _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
+    _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
+    _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
+    if cfg.model.num_experts < 2:
+        raise ConfigError(f"config key 'model.num_experts' must be >= 2, got {cfg.model.num_experts}")
+    for key in ("data.drop_text_prob", "data.drop_image_prob"):
+        section, name = key.split(".")
+        p = getattr(getattr(cfg, section), name)
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"config key '{key}' must be in [0, 1], got {p}")
+    for key, value in (("data.size", cfg.data.size), ("sample.size", cfg.sample.size)):
+        if value <= 0 or value % 16:
+            raise ConfigError(f"config key '{key}' must be a positive multiple of 16, got {value}")
+    if cfg.data.condition_size != cfg.data.size:
+        raise ConfigError(
+            "config keys 'data.condition_size' and 'data.size' must be equal: condition tokens "
+            f"are aligned one-to-one with image tokens (got {cfg.data.condition_size} and {cfg.data.size})"
+        )
+    for key, value in (
+        ("train.batch_size", cfg.train.batch_size),
+        ("train.grad_accum", cfg.train.grad_accum),
+        ("model.lora.r", cfg.model.lora.r),
+        ("sample.steps", cfg.sample.steps),
+    ):
+        if value < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts (for docs and error messages)."""
+    keys = []
+    for name, typ in _field_types(cls).items():
+        if dataclasses.is_dataclass(typ):
+            keys += valid_keys(typ, prefix + name + ".")
+        else:
+            keys.append(prefix + name)
+    return keys

@@ -1,0 +1,269 @@
+"""FLUX.1 components: loaded from a local diffusers-layout folder, or built tiny in code.
+
+The tiny preset uses the very same classes as FLUX.1-dev (FluxTransformer2DModel, AutoencoderKL,
+CLIPTextModel, T5EncoderModel, FlowMatchEulerDiscreteScheduler) with small configs and tokenizers
+made offline, so tests and the shipped demo exercise the real code paths. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..utils import DTYPES
+
+# Subfolder → what must be there (diffusers' FluxPipeline layout).
+COMPONENTS = {
+    "transformer": "the FLUX transformer (config.json + weights)",
+    "vae": "the FLUX autoencoder (config.json + weights)",
+    "text_encoder": "CLIP-L text encoder",
+    "tokenizer": "CLIP tokenizer",
+    "text_encoder_2": "T5-XXL text encoder",
+    "tokenizer_2": "T5 tokenizer",
+    "scheduler": "FlowMatchEulerDiscreteScheduler config",
+}
+
+
+class BackboneError(FileNotFoundError):
+    """A missing or incomplete backbone folder; the message says what to put where."""
+
+
+@dataclass
+class TinySpec:
+    """Sizes of the tiny preset. Defaults are test-sized; the demo model uses larger ones."""
+
+    num_layers: int = 2
+    num_single_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    axes_dims_rope: list = field(default_factory=lambda: [4, 6, 6])  # sums to attention_head_dim
+    vae_channels: list = field(default_factory=lambda: [16, 16, 16])  # 3 levels → 4× downsampling
+    vae_layers_per_block: int = 1
+    latent_channels: int = 16  # as FLUX's VAE
+    clip_hidden: int = 32
+    clip_layers: int = 2
+    t5_hidden: int = 32
+    t5_layers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class Backbone:
+    transformer: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    text_encoder_2: torch.nn.Module
+    tokenizer_2: object
+    scheduler: object
+    source: str  # folder path, or "tiny"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def token_pixels(self) -> int:
+        """Image pixels per side covered by one packed (2×2 latent) token."""
+        return 2 * self.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def to(self, device=None, dtype=None) -> "Backbone":
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        for m in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2):
+            if kwargs:
+                m.to(**kwargs)
+        return self
+
+    def pipeline(self):
+        """A diffusers FluxPipeline sharing these components (for its prompt encoding helpers)."""
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(
+            scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2, transformer=self.transformer,
+        )
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write all components in diffusers' FluxPipeline layout (loadable by `load_backbone`)."""
+        self.pipeline().save_pretrained(str(folder), safe_serialization=True)
+
+    def identity(self) -> dict:
+        """What identifies these weights (recorded in caches and run folders)."""
+        return {
+            "source": self.source,
+            "transformer": dict(self.transformer.config),
+            "vae_latent_channels": self.latent_channels,
+            "vae_scale_factor": self.vae_scale_factor,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Loading from a folder
+
+
+def check_backbone_folder(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BackboneError(
+            f"FLUX backbone folder not found: {folder} — put the diffusers-layout FLUX.1-dev folder "
+            f"(black-forest-labs/FLUX.1-dev: {', '.join(COMPONENTS)}) there, or point `pretrained` / --pretrained at it"
+        )
+    missing = [name for name in COMPONENTS if not (folder / name).is_dir()]
+    if missing:
+        what = "; ".join(f"{m}/ ({COMPONENTS[m]})" for m in missing)
+        raise BackboneError(f"FLUX backbone folder {folder} is incomplete: missing {what}")
+    return folder
+
+
+def load_backbone(
+    source: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    device: torch.device | str = "cpu",
+    tiny_spec: Optional[TinySpec] = None,
+) -> Backbone:
+    """Load all FLUX components from `source` (a folder), or build the tiny preset ("tiny")."""
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    if str(source) == "tiny":
+        return build_tiny_backbone(tiny_spec or TinySpec()).to(device=device, dtype=dtype)
+    folder = check_backbone_folder(source)
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    def load(name, fn):
+        try:
+            return fn(str(folder / name))
+        except (OSError, ValueError, EnvironmentError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BackboneError(f"cannot load {COMPONENTS[name]} from {folder / name}: {first}") from None
+
+    kw = dict(local_files_only=True, torch_dtype=dtype)
+    backbone = Backbone(
+        transformer=load("transformer", lambda p: FluxTransformer2DModel.from_pretrained(p, **kw)),
+        vae=load("vae", lambda p: AutoencoderKL.from_pretrained(p, **kw)),
+        text_encoder=load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, **kw)),
+        tokenizer=load("tokenizer", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True)),
+        text_encoder_2=load("text_encoder_2", lambda p: T5EncoderModel.from_pretrained(p, **kw)),
+        tokenizer_2=load("tokenizer_2", lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True)),
+        scheduler=load("scheduler", lambda p: FlowMatchEulerDiscreteScheduler.from_pretrained(p, local_files_only=True)),
+        source=str(folder),
+    )
+    return backbone.to(device=None if str(device) == "cpu" else device)
+
+
+# --------------------------------------------------------------------------------------------
+# The tiny preset
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2/CLIP byte → printable unicode symbol table (256 symbols)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = 0
+    table = {}
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def build_clip_tokenizer(folder: str | os.PathLike):
+    """A byte-level CLIP tokenizer with no merges: every character is a token (offline)."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+T5_CHARS = [chr(c) for c in range(32, 127)]
+
+
+def build_t5_tokenizer():
+    """A character-level tokenizer with T5's special tokens (pad=0, eos=1, unk=2), offline."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    vocab.update({c: 3 + i for i, c in enumerate(T5_CHARS)})
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
+    )
+
+
+def build_tiny_backbone(spec: TinySpec = TinySpec()) -> Backbone:
+    """Random-weight FLUX-class components of a tiny size, deterministic by `spec.seed`."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if sum(spec.axes_dims_rope) != spec.attention_head_dim:
+        raise ValueError(f"tiny spec: axes_dims_rope {spec.axes_dims_rope} must sum to attention_head_dim {spec.attention_head_dim}")
+    torch.manual_seed(spec.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_clip_tokenizer(tmp)
+    tokenizer_2 = build_t5_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=spec.clip_hidden, intermediate_size=2 * spec.clip_hidden,
+            num_hidden_layers=spec.clip_layers, num_attention_heads=2, max_position_embeddings=77,
+            projection_dim=spec.clip_hidden, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2), d_model=spec.t5_hidden, d_kv=spec.t5_hidden // 2, d_ff=2 * spec.t5_hidden,
+            num_layers=spec.t5_layers, num_heads=2, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+    )
+    n = len(spec.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=spec.latent_channels,
+        down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
+        block_out_channels=list(spec.vae_channels), layers_per_block=spec.vae_layers_per_block,
+        norm_num_groups=min(8, min(spec.vae_channels)), scaling_factor=1.0, shift_factor=0.0,
+        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False,
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * spec.latent_channels, num_layers=spec.num_layers,
+        num_single_layers=spec.num_single_layers, attention_head_dim=spec.attention_head_dim,
+        num_attention_heads=spec.num_attention_heads, joint_attention_dim=spec.t5_hidden,
+        pooled_projection_dim=spec.clip_hidden, guidance_embeds=True, axes_dims_rope=list(spec.axes_dims_rope),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    for m in (transformer, vae, text_encoder, text_encoder_2):
+        m.eval()
+    return Backbone(transformer, vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler, source="tiny")
+
+
+def tiny_spec_dict(spec: TinySpec) -> dict:
+    return asdict(spec)

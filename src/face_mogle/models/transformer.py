@@ -1,0 +1,295 @@
+"""Three-stream forward over diffusers' `FluxTransformer2DModel` weights, and LoRA scoping.
+
+Text, image and condition tokens run through every double- and single-stream block together.
+Condition tokens share the image stream's weights (x_embedder, norms, attention, MLP), get their
+own adaLN modulation from timestep 0, and the RoPE ids of the image tokens they sit on. Attention
+is joint over all three streams. LoRA adapters sit on the official target modules; with
+`latent_lora=False` they act on condition tokens only, and image/text tokens are computed with
+the untouched base weights (`base_layer`), so a LoRA can never change the base model's behaviour
+on the other streams.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import LoraConfig
+
+
+@dataclass
+class StreamOptions:
+    latent_lora: bool = False  # LoRA on image/text tokens as well
+    union_cond_attn: bool = True  # False: image/text and condition tokens do not attend to each other
+    condition_scale: float = 1.0  # log(scale) added to image/text↔condition attention logits
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA scoping
+
+
+def _base(module: nn.Module) -> nn.Module:
+    """The frozen layer under a peft LoRA wrapper (or the module itself)."""
+    get = getattr(module, "get_base_layer", None)
+    return get() if get is not None else module
+
+
+def _linear(module: nn.Module, x: torch.Tensor, lora: bool) -> torch.Tensor:
+    return module(x) if lora else _base(module)(x)
+
+
+def lora_target_regex(patterns: list[str]) -> str:
+    """Official target names ('transformer_blocks.*.attn.to_q') → one regex peft full-matches."""
+    parts = [re.escape(p).replace(r"\*", r"\d+") for p in patterns]
+    return "^(" + "|".join(parts) + ")$"
+
+
+def add_lora(transformer: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> None:
+    """Insert LoRA adapters (peft) on the configured target modules of the transformer."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        init_lora_weights=cfg.init if cfg.init == "gaussian" else True,
+        target_modules=lora_target_regex(cfg.target_modules),
+    )
+    transformer.add_adapter(peft_cfg, adapter_name=adapter_name)
+
+
+def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA weights in the diffusers file format: `transformer.<module>.lora_A.weight`."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(transformer)
+    return {f"transformer.{k}": v.detach().contiguous() for k, v in state.items()}
+
+
+def save_lora(transformer: nn.Module, path: str | os.PathLike) -> None:
+    from ..utils import atomic_save_safetensors
+
+    atomic_save_safetensors(lora_state_dict(transformer), path, metadata={"format": "pt"})
+
+
+def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> None:
+    """Load a diffusers-format LoRA file (ours or the official release) into existing adapters."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LoRA weights not found: {path}")
+    state = load_file(str(path))
+    ours = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    if not ours:
+        raise ValueError(f"{path} holds no 'transformer.*' LoRA keys")
+    expected = set(lora_state_dict(transformer))
+    got = {f"transformer.{k}" for k in ours}
+    if expected != got:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise ValueError(
+            f"LoRA file {path} does not match the model: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); check model.lora.* in the config"
+        )
+    current = lora_state_dict(transformer)
+    for key, value in ours.items():
+        want = current[f"transformer.{key}"].shape
+        if value.shape != want:  # a different rank or width: the config does not match the file
+            raise ValueError(f"LoRA file {path}: {key} has shape {tuple(value.shape)}, the model expects {tuple(want)}; check model.lora.r")
+    result = set_peft_model_state_dict(transformer, ours, adapter_name=adapter_name)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"LoRA file {path}: unexpected keys {result.unexpected_keys[:3]}")
+
+
+# --------------------------------------------------------------------------------------------
+# The forward
+
+
+def _modulation(norm_linear: nn.Module, temb: torch.Tensor, lora: bool, chunks: int):
+    return _linear(norm_linear, F.silu(temb), lora).chunk(chunks, dim=1)
+
+
+def _modulate(x: torch.Tensor, norm: nn.Module, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return norm(x) * (1 + scale[:, None]) + shift[:, None]
+
+
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    return x.unflatten(-1, (-1, head_dim))  # [B, S, H, Dh]
+
+
+def _qkv(attn, x, lora: bool, added: bool = False):
+    """Project tokens to normalised query/key and value, each [B, S, H, Dh]."""
+    if added:
+        q, k, v = attn.add_q_proj(x), attn.add_k_proj(x), attn.add_v_proj(x)
+        nq, nk = attn.norm_added_q, attn.norm_added_k
+    else:
+        q, k, v = (_linear(m, x, lora) for m in (attn.to_q, attn.to_k, attn.to_v))
+        nq, nk = attn.norm_q, attn.norm_k
+    hd = attn.head_dim
+    return nq(_heads(q, hd)), nk(_heads(k, hd)), _heads(v, hd)
+
+
+def _attention(q, k, v, rope, mask) -> torch.Tensor:
+    """Joint attention over the concatenated streams; q/k/v [B, S, H, Dh] → [B, S, H*Dh]."""
+    q = apply_rotary_emb(q, rope, sequence_dim=1)
+    k = apply_rotary_emb(k, rope, sequence_dim=1)
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+    )
+    return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
+
+
+def _cond_attention_mask(n_other: int, n_cond: int, opts: StreamOptions, device, dtype) -> Optional[torch.Tensor]:
+    """Additive mask between the image/text block and the condition block (None when not needed)."""
+    if n_cond == 0 or (opts.union_cond_attn and opts.condition_scale == 1.0):
+        return None
+    if opts.condition_scale <= 0:
+        raise ValueError(f"condition_scale must be > 0, got {opts.condition_scale}")
+    bias = -math.inf if not opts.union_cond_attn else math.log(opts.condition_scale)
+    n = n_other + n_cond
+    mask = torch.zeros(n, n, device=device, dtype=dtype)
+    mask[n_other:, :n_other] = bias
+    mask[:n_other, n_other:] = bias
+    return mask
+
+
+def double_block(block, img, txt, cond, temb, cond_temb, rope, mask, opts: StreamOptions):
+    """One double-stream block over image, text and (optional) condition tokens."""
+    lat = opts.latent_lora
+    has_cond = cond is not None
+    i_shift, i_scale, i_gate, i_shift2, i_scale2, i_gate2 = _modulation(block.norm1.linear, temb, lat, 6)
+    t_shift, t_scale, t_gate, t_shift2, t_scale2, t_gate2 = _modulation(block.norm1_context.linear, temb, False, 6)
+    attn = block.attn
+    qi, ki, vi = _qkv(attn, _modulate(img, block.norm1.norm, i_shift, i_scale), lat)
+    qt, kt, vt = _qkv(attn, _modulate(txt, block.norm1_context.norm, t_shift, t_scale), False, added=True)
+    qs, ks, vs = [qt, qi], [kt, ki], [vt, vi]
+    if has_cond:
+        c_shift, c_scale, c_gate, c_shift2, c_scale2, c_gate2 = _modulation(block.norm1.linear, cond_temb, True, 6)
+        qc, kc, vc = _qkv(attn, _modulate(cond, block.norm1.norm, c_shift, c_scale), True)
+        qs, ks, vs = qs + [qc], ks + [kc], vs + [vc]
+    out = _attention(torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(vs, 1), rope, mask)
+    n_txt, n_img = txt.shape[1], img.shape[1]
+    a_txt, a_img, a_cond = out[:, :n_txt], out[:, n_txt : n_txt + n_img], out[:, n_txt + n_img :]
+
+    img = img + i_gate[:, None] * _linear(attn.to_out[0], a_img.contiguous(), lat)
+    img = img + i_gate2[:, None] * _feed_forward(block.ff, _modulate(img, block.norm2, i_shift2, i_scale2), lat)
+    txt = txt + t_gate[:, None] * attn.to_add_out(a_txt.contiguous())
+    txt = txt + t_gate2[:, None] * block.ff_context(_modulate(txt, block.norm2_context, t_shift2, t_scale2))
+    if txt.dtype == torch.float16:
+        txt = txt.clip(-65504, 65504)
+    if has_cond:
+        cond = cond + c_gate[:, None] * _linear(attn.to_out[0], a_cond.contiguous(), True)
+        cond = cond + c_gate2[:, None] * _feed_forward(block.ff, _modulate(cond, block.norm2, c_shift2, c_scale2), True)
+    return img, txt, cond
+
+
+def _feed_forward(ff, x, lora: bool) -> torch.Tensor:
+    # FeedForward.net = [GELU(proj), Dropout, Linear]; LoRA sits on the last Linear only.
+    for module in ff.net[:-1]:
+        x = module(x)
+    return _linear(ff.net[-1], x, lora)
+
+
+def single_block(block, hid, cond, temb, cond_temb, rope, mask, opts: StreamOptions):
+    """One single-stream block; `hid` is text+image tokens, `cond` the condition tokens."""
+    lat = opts.latent_lora
+    attn = block.attn
+
+    def branch(x, emb, lora):
+        shift, scale, gate = _modulation(block.norm.linear, emb, lora, 3)
+        x_norm = _modulate(x, block.norm.norm, shift, scale)
+        mlp = block.act_mlp(_linear(block.proj_mlp, x_norm, lora))
+        return x_norm, mlp, gate
+
+    h_norm, h_mlp, h_gate = branch(hid, temb, lat)
+    q, k, v = _qkv(attn, h_norm, lat)
+    if cond is not None:
+        c_norm, c_mlp, c_gate = branch(cond, cond_temb, True)
+        qc, kc, vc = _qkv(attn, c_norm, True)
+        q, k, v = torch.cat([q, qc], 1), torch.cat([k, kc], 1), torch.cat([v, vc], 1)
+    out = _attention(q, k, v, rope, mask)
+    n = hid.shape[1]
+    hid = hid + h_gate[:, None] * _linear(block.proj_out, torch.cat([out[:, :n], h_mlp], 2), lat)
+    if hid.dtype == torch.float16:
+        hid = hid.clip(-65504, 65504)
+    if cond is not None:
+        cond = cond + c_gate[:, None] * _linear(block.proj_out, torch.cat([out[:, n:], c_mlp], 2), True)
+    return hid, cond
+
+
+def _time_embedding(transformer, timestep, guidance, pooled, dtype):
+    t = timestep.to(dtype) * 1000
+    if transformer.config.guidance_embeds:
+        if guidance is None:
+            raise ValueError("this backbone has guidance embeddings: pass a guidance value (1.0 in training)")
+        return transformer.time_text_embed(t, guidance.to(dtype) * 1000, pooled)
+    return transformer.time_text_embed(t, pooled)
+
+
+def three_stream_forward(
+    transformer,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    pooled_projections: torch.Tensor,
+    timestep: torch.Tensor,
+    img_ids: torch.Tensor,
+    txt_ids: torch.Tensor,
+    guidance: Optional[torch.Tensor] = None,
+    condition_tokens: Optional[torch.Tensor] = None,
+    condition_ids: Optional[torch.Tensor] = None,
+    options: StreamOptions = StreamOptions(),
+) -> torch.Tensor:
+    """Velocity prediction for the image tokens, [B, N_img, C].
+
+    `timestep` is in [0, 1] (as diffusers' FluxPipeline passes it); condition tokens are packed
+    VAE latents like the image tokens, and `condition_ids` default to `img_ids` (spatial alignment).
+    """
+    tr = transformer
+    lat = options.latent_lora
+    img = _linear(tr.x_embedder, hidden_states, lat)
+    dtype = img.dtype
+    temb = _time_embedding(tr, timestep, guidance, pooled_projections, dtype)
+    txt = tr.context_embedder(encoder_hidden_states)
+
+    cond = cond_temb = None
+    ids = [txt_ids, img_ids]
+    if condition_tokens is not None:
+        cond = _linear(tr.x_embedder, condition_tokens, True)
+        # Condition tokens are clean: their modulation comes from timestep 0.
+        cond_temb = _time_embedding(tr, torch.zeros_like(timestep), guidance, pooled_projections, dtype)
+        ids.append(img_ids if condition_ids is None else condition_ids)
+    rope = tr.pos_embed(torch.cat(ids, dim=0))
+    n_cond = 0 if cond is None else cond.shape[1]
+    mask = _cond_attention_mask(txt.shape[1] + img.shape[1], n_cond, options, img.device, dtype)
+
+    use_ckpt = tr.gradient_checkpointing and torch.is_grad_enabled()
+
+    def run(fn, *args):
+        if use_ckpt:
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    for block in tr.transformer_blocks:
+        img, txt, cond = run(
+            lambda b, i, t, c, te, ce: double_block(b, i, t, c, te, ce, rope, mask, options),
+            block, img, txt, cond, temb, cond_temb,
+        )
+    n_txt = txt.shape[1]
+    hid = torch.cat([txt, img], dim=1)
+    for block in tr.single_transformer_blocks:
+        hid, cond = run(
+            lambda b, h, c, te, ce: single_block(b, h, c, te, ce, rope, mask, options),
+            block, hid, cond, temb, cond_temb,
+        )
+    img = hid[:, n_txt:]
+    return tr.proj_out(tr.norm_out(img, temb))

@@ -1,0 +1,75 @@
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from face_mogle.models.builder import BackboneError, TinySpec, build_tiny_backbone, load_backbone
+
+
+def outputs(bb):
+    with torch.no_grad():
+        pipe = bb.pipeline()
+        emb, pooled, _ = pipe.encode_prompt("She has red hair.", prompt_2=None, max_sequence_length=24, device="cpu")
+        img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        lat = bb.vae.encode(img).latent_dist.mean
+        dec = bb.vae.decode(lat).sample
+        tokens = (32 // bb.token_pixels) ** 2
+        ids = FluxPipeline._prepare_latent_image_ids(1, 32 // bb.token_pixels, 32 // bb.token_pixels, "cpu", torch.float32)
+        x = torch.randn(1, tokens, bb.transformer.config.in_channels, generator=torch.Generator().manual_seed(1))
+        v = bb.transformer(hidden_states=x, encoder_hidden_states=emb, pooled_projections=pooled,
+                           timestep=torch.tensor([0.5]), img_ids=ids, txt_ids=torch.zeros(24, 3),
+                           guidance=torch.tensor([3.5])).sample
+    return emb, pooled, lat, dec, v
+
+
+def test_tiny_is_flux_shaped_and_deterministic():
+    a, b = build_tiny_backbone(), build_tiny_backbone()
+    assert a.latent_channels == 16 and a.transformer.config.in_channels == 64
+    assert a.vae_scale_factor == 4 and a.token_pixels == 8
+    for x, y in zip(outputs(a), outputs(b)):
+        assert torch.equal(x, y)
+    assert not torch.equal(outputs(a)[-1], outputs(build_tiny_backbone(TinySpec(seed=1)))[-1])
+
+
+def test_tiny_save_load_identical(tmp_path):
+    bb = build_tiny_backbone()
+    bb.save(tmp_path / "tiny")
+    assert (tmp_path / "tiny" / "model_index.json").is_file()
+    loaded = load_backbone(tmp_path / "tiny")
+    assert loaded.source == str(tmp_path / "tiny")
+    for (name, a), (_, b) in zip(bb.transformer.state_dict().items(), loaded.transformer.state_dict().items()):
+        assert torch.equal(a, b), name
+    *same, v = outputs(bb)
+    *same_loaded, v_loaded = outputs(loaded)
+    for x, y in zip(same, same_loaded):
+        assert torch.equal(x, y)
+    # equal weights; memory-mapped tensors may take another SIMD path: last-bit differences only
+    assert (v - v_loaded).abs().max() <= 1e-6
+    # the same folder is a FluxPipeline that samples
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "tiny"), local_files_only=True)
+    image = pipe("a face", height=32, width=32, num_inference_steps=2, max_sequence_length=16, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_load_in_dtype(tmp_path):
+    build_tiny_backbone().save(tmp_path / "tiny")
+    bb = load_backbone(tmp_path / "tiny", dtype="bfloat16")
+    assert bb.transformer.dtype == torch.bfloat16 and bb.text_encoder_2.dtype == torch.bfloat16
+
+
+def test_missing_folder_is_one_clear_line(tmp_path):
+    with pytest.raises(BackboneError) as err:
+        load_backbone(tmp_path / "FLUX.1-dev")
+    msg = str(err.value)
+    assert "FLUX.1-dev" in msg and "put the diffusers-layout" in msg and "\n" not in msg
+
+
+def test_missing_component_is_named(tmp_path):
+    build_tiny_backbone().save(tmp_path / "tiny")
+    import shutil
+
+    shutil.rmtree(tmp_path / "tiny" / "text_encoder_2")
+    with pytest.raises(BackboneError, match=r"missing text_encoder_2/ \(T5-XXL text encoder\)"):
+        load_backbone(tmp_path / "tiny")
+    (tmp_path / "tiny" / "text_encoder_2").mkdir()
+    with pytest.raises(BackboneError, match="cannot load T5-XXL text encoder"):
+        load_backbone(tmp_path / "tiny")

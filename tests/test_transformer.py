@@ -203,3 +203,22 @@ def test_face_mogle_save_load(tmp_path):
         # the gate's time input is what gate_timestep changes, and nothing else
         a = model(*args, gate_timestep=x["timestep"] * 1000)
         assert (a - model(*args)).abs().max() > 0
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    """DDP needs it; LoRA that can only touch discarded condition outputs is not trained."""
+    model = FaceMoGLE(tiny_transformer(), ModelConfig())
+    randomize_lora(model.transformer, 9)
+    model.freeze_base()
+    model.train()
+    x = inputs()
+    masks = torch.randn(2, 20, x["hidden_states"].shape[1], 64)
+    out = model(x["hidden_states"], x["timestep"], masks, x["encoder_hidden_states"], x["pooled_projections"],
+                x["txt_ids"], x["img_ids"], x["guidance"])
+    out.square().mean().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), [
+        n for n, p in trainable if p.grad is None or p.grad.abs().sum() == 0]
+    frozen_lora = [n for n, p in model.named_parameters() if "lora_" in n and not p.requires_grad]
+    assert sorted(frozen_lora) == sorted(
+        f"transformer.single_transformer_blocks.1.{m}.lora_{ab}.default.weight" for m in ("proj_mlp", "proj_out", "attn.to_q") for ab in "AB")

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .mogle import MoGLE
-from .transformer import StreamOptions, add_lora, load_lora, save_lora, three_stream_forward
+from .transformer import StreamOptions, add_lora, load_lora, save_lora, three_stream_forward, unreachable_lora_parameters
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 MOGLE_FILE = "mogle.safetensors"
@@ -66,13 +66,15 @@ class FaceMoGLE(nn.Module):
         )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        lora = [p for n, p in self.transformer.named_parameters() if "lora_" in n]
+        unreachable = set(unreachable_lora_parameters(self.transformer, self.options.latent_lora))
+        lora = [p for n, p in self.transformer.named_parameters() if "lora_" in n and n not in unreachable]
         return lora + list(self.mogle.parameters())
 
     def freeze_base(self) -> None:
-        """Only LoRA and MoGLE learn; the base transformer is frozen."""
+        """Only LoRA and MoGLE learn; the base transformer (and LoRA that cannot matter) is frozen."""
+        unreachable = set(unreachable_lora_parameters(self.transformer, self.options.latent_lora))
         for name, p in self.transformer.named_parameters():
-            p.requires_grad_("lora_" in name)
+            p.requires_grad_("lora_" in name and name not in unreachable)
         self.mogle.requires_grad_(True)
 
     # ---------------------------------------------------------------------------------------

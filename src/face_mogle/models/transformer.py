@@ -15,6 +15,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -111,6 +112,17 @@ def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str
         raise ValueError(f"LoRA file {path}: unexpected keys {result.unexpected_keys[:3]}")
 
 
+def unreachable_lora_parameters(transformer: nn.Module, latent_lora: bool) -> list[str]:
+    """LoRA weights that cannot affect the image: with LoRA on condition tokens only, the last
+    single block's query, MLP-in and output projections act solely on condition outputs, which are dropped.
+    They stay in the LoRA file (format compatibility) but are not trained."""
+    if latent_lora or not len(transformer.single_transformer_blocks):
+        return []
+    prefix = f"single_transformer_blocks.{len(transformer.single_transformer_blocks) - 1}."
+    return [n for n, _ in transformer.named_parameters()
+            if "lora_" in n and n.startswith((prefix + "proj_mlp.", prefix + "proj_out.", prefix + "attn.to_q."))]
+
+
 # --------------------------------------------------------------------------------------------
 # The forward
 
@@ -139,9 +151,13 @@ def _qkv(attn, x, lora: bool, added: bool = False):
     return nq(_heads(q, hd)), nk(_heads(k, hd)), _heads(v, hd)
 
 
-def _attention(q, k, v, rope, mask) -> torch.Tensor:
-    """Joint attention over the concatenated streams; q/k/v [B, S, H, Dh] → [B, S, H*Dh]."""
-    q = apply_rotary_emb(q, rope, sequence_dim=1)
+def _attention(q, k, v, rope, mask, q_rope_len=None) -> torch.Tensor:
+    """Joint attention over the concatenated streams; q/k/v [B, S, H, Dh] → [B, S_q, H*Dh].
+
+    `q_rope_len` : queries are the first tokens only (their RoPE rows are the first ones).
+    """
+    q_rope = rope if q_rope_len is None else tuple(r[:q_rope_len] for r in rope)
+    q = apply_rotary_emb(q, q_rope, sequence_dim=1)
     k = apply_rotary_emb(k, rope, sequence_dim=1)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
@@ -200,30 +216,37 @@ def _feed_forward(ff, x, lora: bool) -> torch.Tensor:
     return _linear(ff.net[-1], x, lora)
 
 
-def single_block(block, hid, cond, temb, cond_temb, rope, mask, opts: StreamOptions):
-    """One single-stream block; `hid` is text+image tokens, `cond` the condition tokens."""
+def single_block(block, hid, cond, temb, cond_temb, rope, mask, opts: StreamOptions, last: bool = False):
+    """One single-stream block; `hid` is text+image tokens, `cond` the condition tokens.
+
+    In the `last` block the condition tokens only serve as keys/values: their own output would be
+    discarded, so it is not computed.
+    """
     lat = opts.latent_lora
     attn = block.attn
-
-    def branch(x, emb, lora):
-        shift, scale, gate = _modulation(block.norm.linear, emb, lora, 3)
-        x_norm = _modulate(x, block.norm.norm, shift, scale)
-        mlp = block.act_mlp(_linear(block.proj_mlp, x_norm, lora))
-        return x_norm, mlp, gate
-
-    h_norm, h_mlp, h_gate = branch(hid, temb, lat)
+    shift, scale, h_gate = _modulation(block.norm.linear, temb, lat, 3)
+    h_norm = _modulate(hid, block.norm.norm, shift, scale)
+    h_mlp = block.act_mlp(_linear(block.proj_mlp, h_norm, lat))
     q, k, v = _qkv(attn, h_norm, lat)
-    if cond is not None:
-        c_norm, c_mlp, c_gate = branch(cond, cond_temb, True)
-        qc, kc, vc = _qkv(attn, c_norm, True)
-        q, k, v = torch.cat([q, qc], 1), torch.cat([k, kc], 1), torch.cat([v, vc], 1)
-    out = _attention(q, k, v, rope, mask)
     n = hid.shape[1]
+    q_len = None
+    if cond is not None:
+        shift, scale, c_gate = _modulation(block.norm.linear, cond_temb, True, 3)
+        c_norm = _modulate(cond, block.norm.norm, shift, scale)
+        qc, kc, vc = _qkv(attn, c_norm, True)
+        k, v = torch.cat([k, kc], 1), torch.cat([v, vc], 1)
+        if last:  # condition queries would only produce discarded outputs: image/text queries only
+            q_len, mask = n, None if mask is None else mask[:n]
+        else:
+            q = torch.cat([q, qc], 1)
+    out = _attention(q, k, v, rope, mask, q_rope_len=q_len)
     hid = hid + h_gate[:, None] * _linear(block.proj_out, torch.cat([out[:, :n], h_mlp], 2), lat)
     if hid.dtype == torch.float16:
         hid = hid.clip(-65504, 65504)
-    if cond is not None:
-        cond = cond + c_gate[:, None] * _linear(block.proj_out, torch.cat([out[:, n:], c_mlp], 2), True)
+    if cond is None or last:
+        return hid, None
+    c_mlp = block.act_mlp(_linear(block.proj_mlp, c_norm, True))
+    cond = cond + c_gate[:, None] * _linear(block.proj_out, torch.cat([out[:, n:], c_mlp], 2), True)
     return hid, cond
 
 
@@ -279,17 +302,15 @@ def three_stream_forward(
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    # partial() binds per-block arguments now: checkpoint recomputation runs after the loop ends.
     for block in tr.transformer_blocks:
-        img, txt, cond = run(
-            lambda b, i, t, c, te, ce: double_block(b, i, t, c, te, ce, rope, mask, options),
-            block, img, txt, cond, temb, cond_temb,
-        )
+        fn = partial(double_block, rope=rope, mask=mask, opts=options)
+        img, txt, cond = run(fn, block, img, txt, cond, temb, cond_temb)
     n_txt = txt.shape[1]
     hid = torch.cat([txt, img], dim=1)
-    for block in tr.single_transformer_blocks:
-        hid, cond = run(
-            lambda b, h, c, te, ce: single_block(b, h, c, te, ce, rope, mask, options),
-            block, hid, cond, temb, cond_temb,
-        )
+    n_single = len(tr.single_transformer_blocks)
+    for i, block in enumerate(tr.single_transformer_blocks):
+        fn = partial(single_block, rope=rope, mask=mask, opts=options, last=i == n_single - 1)
+        hid, cond = run(fn, block, hid, cond, temb, cond_temb)
     img = hid[:, n_txt:]
     return tr.proj_out(tr.norm_out(img, temb))

@@ -1,0 +1,193 @@
+"""MM-CelebA-HQ-layout data: splits, captions, and the training dataset.
+
+Layout under a root: `face/{i}.jpg`, `mask/{i}.png` (labels 0..18), and captions in `text.json`
+(`{"{i}.jpg": [caption, ...]}`) or `text/{i}.txt` (one per line). A sample is reproducible from
+(seed, epoch, id): caption choice and both dropouts come from a generator seeded by those three.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..labels import NUM_CLASSES
+from .masks import MaskError, load_label_map
+
+
+class DataError(ValueError):
+    """A data set problem, with a one-line message naming the path and what was expected."""
+
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def read_split(root: str | os.PathLike, spec: str) -> list[int]:
+    """Ids of a split: "START-END" (inclusive) or an id-list file (one id per line) under root."""
+    match = _RANGE.match(str(spec))
+    if match:
+        start, end = int(match.group(1)), int(match.group(2))
+        if end < start:
+            raise DataError(f"split {spec!r}: END must be >= START")
+        return list(range(start, end + 1))
+    path = Path(spec) if Path(spec).is_absolute() else Path(root) / spec
+    if not path.is_file():
+        raise DataError(f"split {spec!r}: not an id range START-END and no id-list file at {path}")
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit():
+            raise DataError(f"{path}:{n}: expected an image id (a non-negative integer), got {line!r}")
+        ids.append(int(line))
+    if not ids:
+        raise DataError(f"split file {path} holds no ids")
+    return ids
+
+
+def read_captions(root: str | os.PathLike, ids: list[int]) -> dict[int, list[str]]:
+    """Captions per id, from text.json, else text/{id}.txt."""
+    root = Path(root)
+    table = root / "text.json"
+    captions: dict[int, list[str]] = {}
+    if table.is_file():
+        try:
+            data = json.loads(table.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{table}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        for i in ids:
+            entry = data.get(f"{i}.jpg", data.get(str(i)))
+            if entry is not None:
+                captions[i] = [entry] if isinstance(entry, str) else [str(c) for c in entry]
+    for i in ids:
+        if i not in captions:
+            path = root / "text" / f"{i}.txt"
+            if path.is_file():
+                captions[i] = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return captions
+
+
+def check_files(root: str | os.PathLike, ids: list[int], captions: dict[int, list[str]], need_faces: bool = True) -> None:
+    """Report every missing file up front (count + first few), not mid-epoch."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root} (expected face/, mask/ and text.json or text/)")
+    missing = []
+    for i in ids:
+        if need_faces and not (root / "face" / f"{i}.jpg").is_file():
+            missing.append(str(root / "face" / f"{i}.jpg"))
+        if not (root / "mask" / f"{i}.png").is_file():
+            missing.append(str(root / "mask" / f"{i}.png"))
+        if not captions.get(i):
+            missing.append(f"captions of {i} (text.json or {root / 'text' / f'{i}.txt'})")
+    if missing:
+        shown = ", ".join(missing[:3])
+        raise DataError(f"{len(missing)} missing data files under {root}, e.g. {shown}")
+
+
+def load_face(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """RGB image → float [3, size, size] in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: cannot read image ({err})") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
+
+
+@dataclass
+class SampleChoice:
+    caption_index: int
+    drop_text: bool
+    drop_maps: np.ndarray  # bool [19]
+
+
+def sample_choice(seed: int, epoch: int, image_id: int, num_captions: int, drop_text_prob: float,
+                  drop_image_prob: float, train: bool) -> SampleChoice:
+    """The random choices of one sample, a pure function of (seed, epoch, id)."""
+    if not train:
+        return SampleChoice(0, False, np.zeros(NUM_CLASSES, dtype=bool))
+    rng = np.random.default_rng([seed, epoch, image_id])
+    caption_index = int(rng.integers(num_captions))
+    drop_text = bool(rng.random() < drop_text_prob)
+    drop_maps = rng.random(NUM_CLASSES) < drop_image_prob
+    return SampleChoice(caption_index, drop_text, drop_maps)
+
+
+class FaceDataset(torch.utils.data.Dataset):
+    """Items: id, image [3,S,S] in [0,1], labels long [S,S], caption (possibly ""), drop_maps bool [19].
+
+    Labels rather than the 20-map stack travel through the loader (20× smaller); the stack is
+    built on the device by `masks.condition_stack_torch`.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, size: int, seed: int = 0, train: bool = True,
+                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, load_images: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data root not found: {self.root} (expected face/, mask/ and text.json or text/)")
+        self.ids = read_split(self.root, split)
+        self.captions = read_captions(self.root, self.ids)
+        check_files(self.root, self.ids, self.captions, need_faces=load_images)
+        self.size, self.seed, self.train = size, seed, train
+        self.drop_text_prob, self.drop_image_prob = drop_text_prob, drop_image_prob
+        self.load_images = load_images
+        self.epoch = 0
+
+    @classmethod
+    def from_config(cls, data_cfg, split: str = "train", seed: int = 0, train: Optional[bool] = None, **kw):
+        spec = data_cfg.train_split if split == "train" else data_cfg.test_split
+        train = (split == "train") if train is None else train
+        return cls(data_cfg.root, spec, data_cfg.size, seed, train, data_cfg.drop_text_prob,
+                   data_cfg.drop_image_prob, **kw)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def choice(self, image_id: int, epoch: Optional[int] = None) -> SampleChoice:
+        epoch = self.epoch if epoch is None else epoch
+        return sample_choice(self.seed, epoch, image_id, len(self.captions[image_id]),
+                             self.drop_text_prob, self.drop_image_prob, self.train)
+
+    def __getitem__(self, index) -> dict:
+        # `(index, epoch)` pairs let a sampler carry the epoch into loader worker processes.
+        index, epoch = index if isinstance(index, tuple) else (index, None)
+        i = self.ids[index]
+        choice = self.choice(i, epoch)
+        mask_path = self.root / "mask" / f"{i}.png"
+        try:
+            labels = load_label_map(mask_path, self.size)
+        except MaskError as err:
+            raise DataError(str(err)) from None
+        item = {
+            "id": i,
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "caption": "" if choice.drop_text else self.captions[i][choice.caption_index],
+            "caption_index": choice.caption_index,
+            "drop_maps": torch.from_numpy(choice.drop_maps),
+        }
+        if self.load_images:
+            item["image"] = load_face(self.root / "face" / f"{i}.jpg", self.size)
+        return item
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for key in items[0]:
+        values = [it[key] for it in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out

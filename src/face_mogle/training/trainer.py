@@ -1,0 +1,344 @@
+"""The training loop (accelerate): one process or many, CPU or GPU, exact resume.
+
+Determinism: the batch of micro-step k and every random draw of a step are functions of
+(seed, step), not of history, so `2N steps` and `N steps + resume + N steps` are bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config, save_config, to_dict
+from ..encoding import image_ids, text_ids
+from ..models.builder import load_backbone
+from ..models.face_mogle import FaceMoGLE
+from ..models.transformer import three_stream_forward
+from ..utils import DTYPES
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .inputs import encode_batch
+from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
+
+# Keys that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = {
+    "train.max_steps", "train.save_interval", "train.sample_interval", "train.log_interval",
+    "train.keep_checkpoints", "train.tracker", "data.num_workers", "pretrained",
+}
+
+
+class TrainingError(RuntimeError):
+    """A problem that stops training, with a message for the user."""
+
+
+class BaseTextToImage(nn.Module):
+    """`train.mode: base`: the whole transformer learns plain text-to-image (no condition stream)."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, noisy, timestep, mask_latents, prompt_embeds, pooled_embeds, txt_ids, img_ids, guidance=None, **_):
+        return three_stream_forward(self.transformer, noisy, prompt_embeds, pooled_embeds, timestep, img_ids, txt_ids, guidance)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of (index, epoch) for micro-steps start, start+1, …; a pure function of the micro-step.
+
+    Each epoch is a seeded permutation; rank r of W takes every W-th batch slot (drop_last).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.n, self.batch_size, self.seed, self.rank, self.world, self.start = n, batch_size, seed, rank, world, start
+        self.per_epoch = n // (batch_size * world)
+        if self.per_epoch == 0:
+            raise TrainingError(
+                f"the training split has {n} samples, fewer than batch_size × processes = {batch_size * world}"
+            )
+
+    def batch(self, k: int) -> list[tuple[int, int]]:
+        epoch, j = divmod(k, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        first = (j * self.world + self.rank) * self.batch_size
+        return [(int(i), epoch) for i in perm[first : first + self.batch_size]]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        k = self.start
+        while True:
+            yield self.batch(k)
+            k += 1
+
+    def __len__(self) -> int:  # infinite; DataLoader only needs this for len()
+        return 2**62
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: Config, current: Config) -> None:
+    a, b = _flat(to_dict(saved)), _flat(to_dict(current))
+    changed = sorted(k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise TrainingError(
+            f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)} "
+            "(start a new run with another name, or resume with the same settings)"
+        )
+
+
+def make_optimizer(cfg: Config, params: list[nn.Parameter]):
+    opt = cfg.train.optimizer
+    if opt.type == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError:
+            raise TrainingError("train.optimizer.type is prodigy but prodigyopt is not installed: pip install prodigyopt") from None
+        optimizer = Prodigy(
+            params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps,
+            use_bias_correction=opt.use_bias_correction, safeguard_warmup=opt.safeguard_warmup,
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
+    warmup = max(0, opt.warmup_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return optimizer, scheduler
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: Optional[str] = None, pretrained: Optional[str] = None,
+                 fail_save_at: Optional[int] = None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.runs_dir) / cfg.name
+        self.fail_save_at = fail_save_at  # tests: simulate a crash while saving this step
+        tracker = None if cfg.train.tracker == "none" else cfg.train.tracker
+        if tracker == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise TrainingError("train.tracker is wandb but wandb is not installed (pip install wandb, or --set train.tracker=tensorboard)") from None
+        self.acc = Accelerator(
+            cpu=not torch.cuda.is_available(),  # so torchrun on CPU gives a gloo multi-process run
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.grad_accum,
+            log_with=tracker,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        self.resume_from = self._check_run_folder(resume)
+        if pretrained:
+            cfg = dataclasses.replace(cfg, pretrained=pretrained)
+            self.cfg = cfg
+        self._build()
+
+    # ------------------------------------------------------------------------------------------
+
+    def _check_run_folder(self, resume: Optional[str]) -> Optional[Path]:
+        from ..config import load_config
+
+        if resume is None:
+            if list_checkpoints(self.run_dir):
+                raise TrainingError(
+                    f"run folder {self.run_dir} already has checkpoints: pass --resume latest to continue it, "
+                    "or --set name=NEW_NAME for a new run"
+                )
+            return None
+        path = resolve_resume(self.run_dir, resume)
+        saved = self.run_dir / "config.yaml"
+        if saved.is_file():
+            check_resume_config(load_config(saved), self.cfg)
+        return path
+
+    def _build(self) -> None:
+        cfg, acc = self.cfg, self.acc
+        torch.manual_seed(cfg.seed)  # same initial LoRA/MoGLE weights on every rank
+        base_mode = cfg.train.mode == "base"
+        weight_dtype = torch.float32 if base_mode else DTYPES[cfg.dtype]
+        self.backbone = load_backbone(cfg.pretrained, dtype=weight_dtype, device=acc.device)
+        tr = self.backbone.transformer
+        if base_mode:
+            model = BaseTextToImage(tr)
+            tr.requires_grad_(True)
+        else:
+            model = FaceMoGLE(tr, cfg.model)
+            model.to(acc.device)
+            model.freeze_base()
+        for p in model.parameters():  # trainable weights stay float32 (mixed precision casts compute)
+            if p.requires_grad:
+                p.data = p.data.float()
+        for m in (self.backbone.vae, self.backbone.text_encoder, self.backbone.text_encoder_2):
+            m.requires_grad_(False).eval()
+        tr.gradient_checkpointing = cfg.train.gradient_checkpointing
+        model.train()
+        self.named_trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        optimizer, scheduler = make_optimizer(cfg, list(self.named_trainable.values()))
+        self.start_step = 0
+        if self.resume_from is not None:
+            state = load_checkpoint(self.resume_from, self.named_trainable, optimizer, scheduler)
+            self.start_step = int(state["step"])
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.scheduler = scheduler  # stepped by hand once per optimizer step
+        self.dataset = self._dataset()
+        sampler = StepBatches(len(self.dataset), cfg.train.batch_size, cfg.seed, acc.process_index,
+                              acc.num_processes, start=self.start_step * cfg.train.grad_accum)
+        from ..data.dataset import collate
+
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+            persistent_workers=False,
+        )
+        tb = self.backbone.token_pixels
+        if cfg.data.size % tb:
+            raise TrainingError(f"data.size {cfg.data.size} must be a multiple of {tb} (one token) for this backbone")
+        self.img_ids = image_ids(cfg.data.size, tb, device=acc.device)
+        self.txt_ids = text_ids(cfg.max_sequence_length, device=acc.device)
+
+    def _dataset(self):
+        from ..data.dataset import FaceDataset
+
+        return FaceDataset.from_config(self.cfg.data, "train", seed=self.cfg.seed)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _inputs(self, batch: dict, generator: torch.Generator) -> dict:
+        return encode_batch(batch, self.backbone, self.cfg, generator, self.acc.device,
+                            with_masks=self.cfg.train.mode == "mogle")
+
+    def _loss(self, batch: dict, step: int, micro: int) -> torch.Tensor:
+        acc = self.acc
+        g = step_generator(self.cfg.seed, step, micro, acc.process_index, device=acc.device)
+        inp = self._inputs(batch, g)
+        x0 = inp["x0"]
+        b = x0.shape[0]
+        t = sample_t(b, g, acc.device)
+        noise = torch.randn(x0.shape, generator=g, device=acc.device, dtype=x0.dtype)
+        x_t, target = noisy_and_target(x0, t, noise)
+        guidance = torch.ones(b, device=acc.device) if self.backbone.transformer.config.guidance_embeds else None
+        dtype = DTYPES[self.cfg.dtype] if self.cfg.train.mode == "mogle" else torch.float32
+        with acc.autocast():
+            pred = self.model(
+                x_t.to(dtype), t, inp.get("mask_latents"), inp["prompt_embeds"], inp["pooled_embeds"],
+                self.txt_ids, self.img_ids, guidance,
+            )
+        return flow_matching_loss(pred, target)
+
+    def _save(self, step: int) -> None:
+        acc = self.acc
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(self.model)
+            fail = "trainable.safetensors" if self.fail_save_at == step else None
+            save_checkpoint(
+                self.run_dir, step, {n: p for n, p in unwrapped.named_parameters() if p.requires_grad},
+                self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+                self.scheduler,
+                {"mode": self.cfg.train.mode, "seed": self.cfg.seed}, keep=self.cfg.train.keep_checkpoints,
+                fail_after=fail,
+            )
+            self.export(unwrapped)
+        acc.wait_for_everyone()
+
+    def export(self, unwrapped: nn.Module) -> None:
+        """The run folder's usable weights: LoRA + MoGLE, or (base mode) the whole transformer."""
+        if isinstance(unwrapped, FaceMoGLE):
+            unwrapped.save_weights(self.run_dir)
+            return
+        final = self.run_dir / "transformer"
+        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".transformer.", suffix=".tmp"))
+        unwrapped.transformer.save_pretrained(str(tmp), safe_serialization=True)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+
+    def train(self, on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.cfg, self.acc
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        if acc.log_with:
+            acc.init_trackers(cfg.name, config={k: str(v) for k, v in _flat(to_dict(cfg)).items()})
+        losses: list[float] = []
+        batches = iter(self.loader)
+        bar = tqdm(total=cfg.train.max_steps, initial=self.start_step, disable=not acc.is_main_process,
+                   desc=f"train {cfg.name}", dynamic_ncols=True)
+        ema, started, samples = None, time.perf_counter(), 0
+        step = self.start_step
+        while step < cfg.train.max_steps:
+            step_loss = 0.0
+            for micro in range(cfg.train.grad_accum):
+                batch = next(batches)
+                with acc.accumulate(self.model):
+                    loss = self._loss(batch, step, micro)
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.train.grad_clip > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+                    self.optimizer.step()
+                    if acc.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach() / cfg.train.grad_accum
+                samples += len(batch["id"]) * acc.num_processes
+            value = acc.reduce(step_loss, reduction="mean").item()
+            if not math.isfinite(value):
+                kept = list_checkpoints(self.run_dir)
+                where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+                raise TrainingError(f"loss became {value} at step {step + 1}; stopping ({where})")
+            step += 1
+            losses.append(value)
+            ema = value if ema is None else 0.9 * ema + 0.1 * value
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}", sps=f"{samples / elapsed:.2f}")
+            if acc.log_with and (step % cfg.train.log_interval == 0 or step == cfg.train.max_steps):
+                acc.log({"loss": value, "loss_ema": ema, "lr": self.scheduler.get_last_lr()[0]}, step=step)
+            if on_step is not None:
+                on_step(step, value)
+            if step % cfg.train.save_interval == 0 or step == cfg.train.max_steps:
+                self._save(step)
+            if cfg.train.sample_interval > 0 and step % cfg.train.sample_interval == 0:
+                self.sample_grid(step)
+        bar.close()
+        self._check_ranks_in_sync()
+        if acc.log_with:
+            acc.end_training()
+        return losses
+
+    def _check_ranks_in_sync(self) -> None:
+        """Every rank must hold the same trainable weights; a silent divergence is an error."""
+        acc = self.acc
+        if acc.num_processes == 1:
+            return
+        with torch.no_grad():
+            total = sum(p.detach().double().sum() for p in self.named_trainable.values())
+        sums = acc.gather(total.reshape(1).to(acc.device))
+        if not torch.all(sums == sums[0]):
+            raise TrainingError(f"ranks diverged: trainable-weight checksums {sums.tolist()}")
+        if acc.is_main_process:
+            print(f"ranks in sync: {acc.num_processes} processes, weight checksum {sums[0].item():.6f}")
+
+    def sample_grid(self, step: int) -> None:
+        """Overridden once the sampling pipeline exists; see `face_mogle.training.samples`."""
+        try:
+            from .samples import write_sample_grid
+        except ImportError:
+            return
+        if self.acc.is_main_process:
+            write_sample_grid(self, step)
+        self.acc.wait_for_everyone()

@@ -1,0 +1,157 @@
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from face_mogle.config import load_config
+from face_mogle.data.synthetic import write_dataset
+from face_mogle.training import objective
+from face_mogle.training.checkpoint import CheckpointError, list_checkpoints
+from face_mogle.training.trainer import StepBatches, Trainer, TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, 24, 64, seed=0, progress=False)
+    return root
+
+
+def cfg_for(data, runs, **extra):
+    overrides = [
+        f"data.root={data}", f"train.runs_dir={runs}", "data.size=32", "data.condition_size=32",
+        "train.batch_size=2", "max_sequence_length=48", "train.sample_interval=0", "name=t",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(ROOT / "configs" / "tiny.yaml", overrides)
+
+
+def weights(run, step):
+    return load_file(str(Path(run) / "checkpoints" / f"step-{step}" / "trainable.safetensors"))
+
+
+def test_objective_matches_design():
+    g = objective.step_generator(0, 5, 0, 0)
+    t = objective.sample_t(10000, g, "cpu")
+    assert 0 < t.min() and t.max() < 1 and abs(t.mean().item() - 0.5) < 0.01  # logit-normal is symmetric
+    x0, eps = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
+    tt = torch.tensor([0.0, 0.5, 1.0])
+    xt, target = objective.noisy_and_target(x0, tt, eps)
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[2], eps[2])
+    torch.testing.assert_close(xt[1], 0.5 * x0[1] + 0.5 * eps[1])
+    assert torch.equal(target, eps - x0)
+    # the same (seed, step, micro, rank) gives the same draws; any change gives others
+    a = torch.randn(4, generator=objective.step_generator(1, 2, 0, 0))
+    assert torch.equal(a, torch.randn(4, generator=objective.step_generator(1, 2, 0, 0)))
+    assert not torch.equal(a, torch.randn(4, generator=objective.step_generator(1, 2, 0, 1)))
+
+
+def test_step_batches_cover_epochs_and_shard():
+    one = StepBatches(10, 2, seed=3)
+    epoch0 = [i for k in range(5) for i, e in one.batch(k)]
+    assert sorted(epoch0) == list(range(10)) and one.batch(5)[0][1] == 1
+    r0, r1 = StepBatches(10, 2, 3, rank=0, world=2), StepBatches(10, 2, 3, rank=1, world=2)
+    both = [i for k in range(2) for s in (r0, r1) for i, _ in s.batch(k)]
+    assert len(set(both)) == 8  # disjoint across ranks
+    with pytest.raises(TrainingError, match="fewer than batch_size"):
+        StepBatches(3, 2, 0, world=2)
+
+
+def test_resume_is_exact(data, tmp_path):
+    straight = Trainer(cfg_for(data, tmp_path / "a", **{"train.max_steps": 4, "train.save_interval": 2}))
+    losses = straight.train()
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    half = Trainer(cfg_for(data, tmp_path / "b", **{"train.max_steps": 2, "train.save_interval": 2}))
+    first = half.train()
+    rest = Trainer(cfg_for(data, tmp_path / "b", **{"train.max_steps": 4, "train.save_interval": 2}), resume="latest")
+    assert rest.start_step == 2
+    second = rest.train()
+    assert first + second == losses
+    wa, wb = weights(tmp_path / "a" / "t", 4), weights(tmp_path / "b" / "t", 4)
+    assert wa.keys() == wb.keys() and len(wa) > 0
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # exported files exist and hold the same LoRA
+    la = load_file(str(tmp_path / "a" / "t" / "pytorch_lora_weights.safetensors"))
+    lb = load_file(str(tmp_path / "b" / "t" / "pytorch_lora_weights.safetensors"))
+    assert all(k.startswith("transformer.") for k in la) and all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_crash_during_save_keeps_previous_checkpoint(data, tmp_path):
+    cfg = cfg_for(data, tmp_path, **{"train.max_steps": 4, "train.save_interval": 2})
+    with pytest.raises(CheckpointError, match="simulated crash"):
+        Trainer(cfg, fail_save_at=4).train()
+    run = tmp_path / "t"
+    assert [p.name for p in list_checkpoints(run)] == ["step-2"]
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no half-written folder
+    resumed = Trainer(cfg, resume="latest")
+    assert resumed.start_step == 2
+    resumed.train()
+    assert [p.name for p in list_checkpoints(run)] == ["step-2", "step-4"]
+
+
+def test_nan_loss_stops_with_message(data, tmp_path, monkeypatch):
+    cfg = cfg_for(data, tmp_path, **{"train.max_steps": 4, "train.save_interval": 1})
+    real = objective.flow_matching_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(pred, target):
+        calls["n"] += 1
+        loss = real(pred, target)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr("face_mogle.training.trainer.flow_matching_loss", sometimes_nan)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*step-2"):
+        Trainer(cfg).train()
+    assert [p.name for p in list_checkpoints(tmp_path / "t")] == ["step-1", "step-2"]
+
+
+def test_existing_run_needs_resume_and_same_config(data, tmp_path):
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})).train()
+    with pytest.raises(TrainingError, match="--resume latest"):
+        Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2}))
+    with pytest.raises(TrainingError, match="model.lora.r"):
+        Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "model.lora.r": 8}), resume="latest")
+
+
+def run_cli(args, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def cli_overrides(data, runs, steps):
+    return ["--set", f"data.root={data}", "--set", f"train.runs_dir={runs}", "--set", "data.size=32",
+            "--set", "data.condition_size=32", "--set", "train.batch_size=2", "--set", "max_sequence_length=48",
+            "--set", "train.sample_interval=0", "--set", "name=cli", "--set", f"train.max_steps={steps}",
+            "--set", "train.save_interval=2", "--set", "train.tracker=tensorboard"]
+
+
+def test_cli_errors_are_one_line(data, tmp_path):
+    out = run_cli([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
+                   "--set", "train.batchsize=2"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "unknown config key 'train.batchsize'" in out.stderr
+    out = run_cli([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
+                   "--set", f"data.root={tmp_path / 'nowhere'}"])
+    assert out.returncode == 2 and "data root not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_two_process_ddp_then_resume_single(data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml")] + cli_overrides(data, tmp_path, 2)
+    out = run_cli(cmd)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("ranks in sync") == 1 and "2 processes" in out.stdout
+    run = tmp_path / "cli"
+    assert [p.name for p in list_checkpoints(run)] == ["step-2"]
+    assert (run / "logs").is_dir() and (run / "mogle.safetensors").is_file()
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    out = run_cli([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
+                   "--resume", "latest"] + cli_overrides(data, tmp_path, 4))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [p.name for p in list_checkpoints(run)] == ["step-2", "step-4"]

@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Train Face-MoGLE (or, with train.mode=base, the text-to-image base model).
+
+    python train.py --config configs/face-mogle.yaml [--set key=value ...] [--resume latest|PATH]
+    accelerate launch train.py --config ...      # several GPUs / nodes (see configs/accelerate/)
+"""
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Train Face-MoGLE: LoRA + MoGLE on a frozen FLUX.1 backbone (train.mode=mogle), "
+        "or a base text-to-image transformer (train.mode=base). Works alone, under torchrun, or "
+        "under `accelerate launch`.",
+    )
+    parser.add_argument("--config", required=True, help="YAML config, e.g. configs/face-mogle.yaml or configs/tiny.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.batch_size=2 (repeatable)")
+    parser.add_argument("--resume", metavar="latest|PATH",
+                        help="continue the run from its newest checkpoint ('latest') or a checkpoint folder")
+    parser.add_argument("--pretrained", metavar="DIR",
+                        help="FLUX backbone folder (overrides the config's `pretrained`)")
+    args = parser.parse_args(argv)
+
+    from face_mogle.config import ConfigError, load_config
+    from face_mogle.data.dataset import DataError
+    from face_mogle.data.masks import MaskError
+    from face_mogle.models.builder import BackboneError
+    from face_mogle.training.checkpoint import CheckpointError
+    from face_mogle.training.trainer import Trainer, TrainingError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained)
+        trainer.train()
+    except (ConfigError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the newest checkpoint is intact; continue with --resume latest", file=sys.stderr)
+        return 130
+    print(f"done: run folder {trainer.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,7 +135,10 @@ def load_backbone(
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
     if str(source) == "tiny":
-        return build_tiny_backbone(tiny_spec or TinySpec()).to(device=device, dtype=dtype)
+        # Built in float32 on the CPU; move/cast only when asked (casting diffusers models warns).
+        return build_tiny_backbone(tiny_spec or TinySpec()).to(
+            device=None if str(device) == "cpu" else device, dtype=None if dtype == torch.float32 else dtype
+        )
     folder = check_backbone_folder(source)
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel

@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from face_mogle.config import ConfigError, load_config
+    from face_mogle.data.cache import CacheError
     from face_mogle.data.dataset import DataError
     from face_mogle.data.masks import MaskError
     from face_mogle.models.builder import BackboneError
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained)
         trainer.train()
-    except (ConfigError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:
+    except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

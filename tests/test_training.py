@@ -155,3 +155,25 @@ def test_two_process_ddp_then_resume_single(data, tmp_path):
                    "--resume", "latest"] + cli_overrides(data, tmp_path, 4))
     assert out.returncode == 0, out.stderr[-2000:]
     assert [p.name for p in list_checkpoints(run)] == ["step-2", "step-4"]
+
+
+def test_cached_training_matches_uncached(data, tmp_path):
+    from face_mogle.data.cache import build_cache
+
+    plain = Trainer(cfg_for(data, tmp_path / "plain", **{"train.max_steps": 2})).train()
+    cfg = cfg_for(data, tmp_path / "cached", **{"train.max_steps": 2, "data.cache_dir": str(tmp_path / "cache")})
+    build_cache(cfg, split="train", progress=False, log=lambda *a: None)
+    cached = Trainer(cfg).train()
+    assert len(cached) == 2
+    for a, b in zip(plain, cached):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+
+
+def test_stale_cache_is_refused(data, tmp_path):
+    from face_mogle.data.cache import CacheError, build_cache
+
+    cfg = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache")})
+    build_cache(cfg, split="train", progress=False, log=lambda *a: None)
+    stale = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache"), "model.global_map": "palette"})
+    with pytest.raises(CacheError, match="global_map"):
+        Trainer(stale)

@@ -25,7 +25,6 @@ from ..models.face_mogle import FaceMoGLE
 from ..models.transformer import three_stream_forward
 from ..utils import DTYPES
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
-from .inputs import encode_batch
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
 
 # Keys that may change between a run and its resumption (they do not change what is computed).
@@ -209,15 +208,29 @@ class Trainer:
         self.txt_ids = text_ids(cfg.max_sequence_length, device=acc.device)
 
     def _dataset(self):
+        """Pixels + labels + captions, or — with `data.cache_dir` — pre-encoded latents and embeddings."""
         from ..data.dataset import FaceDataset
 
-        return FaceDataset.from_config(self.cfg.data, "train", seed=self.cfg.seed)
+        if not self.cfg.data.cache_dir:
+            return FaceDataset.from_config(self.cfg.data, "train", seed=self.cfg.seed)
+        from ..data.cache import CachedFaceDataset, open_cache
+
+        self.cache = open_cache(self.cfg, self.backbone, "train")
+        return CachedFaceDataset.from_config(self.cfg, self.cache, "train", seed=self.cfg.seed)
 
     # ------------------------------------------------------------------------------------------
 
     def _inputs(self, batch: dict, generator: torch.Generator) -> dict:
-        return encode_batch(batch, self.backbone, self.cfg, generator, self.acc.device,
-                            with_masks=self.cfg.train.mode == "mogle")
+        from ..data.batch import cached_batch_inputs, encode_batch
+        from ..encoding import encode_prompts
+
+        if not self.cfg.data.cache_dir:
+            return encode_batch(batch, self.backbone, self.cfg, generator, with_masks=self.cfg.train.mode == "mogle")
+        encode_text = None
+        if not self.cache.has_text:
+            encode_text = lambda c: encode_prompts(self.backbone, c, self.cfg.max_sequence_length)  # noqa: E731
+        return cached_batch_inputs(batch, self.dataset.vae_config, generator, device=self.acc.device,
+                                   encode_text=encode_text)
 
     def _loss(self, batch: dict, step: int, micro: int) -> torch.Tensor:
         acc = self.acc

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -177,3 +178,14 @@ def test_stale_cache_is_refused(data, tmp_path):
     stale = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache"), "model.global_map": "palette"})
     with pytest.raises(CacheError, match="global_map"):
         Trainer(stale)
+
+
+def test_sample_grid_is_written(data, tmp_path):
+    from PIL import Image
+
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "train.sample_interval": 2, "sample.steps": 2})).train()
+    grid = Image.open(tmp_path / "t" / "samples" / "step-2.png")
+    rows = min(4, len((data / "splits" / "test.txt").read_text().split()))
+    assert grid.size == (3 * 32, rows * 32 + 14)  # mask | mask + text | mask only, per validation mask
+    pixels = np.asarray(grid.convert("RGB"))[14:, 32:64]
+    assert pixels.std() > 0  # a generated image, not a blank tile

@@ -1,0 +1,267 @@
+"""Generate a face for every image of a data split (what `python test.py` runs).
+
+For each id of the split (MM-CelebA-HQ layout: `mask/{id}.png`, captions in `text.json` or
+`text/{id}.txt`) the mask and the image's FIRST caption make one image, written atomically to
+`OUT/face/{id}.jpg`, with the caption to `OUT/text/{id}.txt`. The noise of image `id` is seeded
+by `image_seed(seed, id)` alone, so any subset, order, batch size or shard gives the same image for
+the same id: a run can be resumed (ids whose face is already there are skipped) and split over
+processes (`--shard i/n`, or automatically by RANK under torchrun / accelerate launch).
+`OUT/manifest.json` records the settings and the ids done; resuming with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .utils import atomic_write
+
+SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs never collide
+MANIFEST = "manifest.json"
+JPEG_QUALITY = 95
+# Settings that must match to resume into an existing output folder.
+RESUME_KEYS = ("run", "backbone", "seed", "steps", "guidance", "size", "condition_scale",
+               "gate_timestep_scale", "mask_latent", "max_sequence_length", "seeding")
+
+
+class GenerationError(ValueError):
+    """A problem with the data, split or output folder: one line for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Split reading (self-contained; same semantics as face_mogle.data.dataset.read_split)
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def read_split_ids(root: str | os.PathLike, spec: str) -> list[int]:
+    """Ids of a split: "START-END" (inclusive), or an id-list file (one integer id per line,
+    blank lines ignored) given relative to `root` or absolute."""
+    match = _RANGE.match(str(spec))
+    if match:
+        start, end = int(match.group(1)), int(match.group(2))
+        if end < start:
+            raise GenerationError(f"split {spec!r}: END must be >= START")
+        return list(range(start, end + 1))
+    path = Path(spec) if Path(spec).is_absolute() else Path(root) / spec
+    if not path.is_file():
+        raise GenerationError(f"split {spec!r}: not an id range START-END and no id-list file at {path}")
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.isdigit():
+            raise GenerationError(f"{path}:{n}: expected an image id (a non-negative integer), got {line!r}")
+        ids.append(int(line))
+    if not ids:
+        raise GenerationError(f"split file {path} holds no ids")
+    return ids
+
+
+def first_captions(root: str | os.PathLike, ids: Sequence[int]) -> dict[int, str]:
+    """The first caption of each id: from `text.json` ({"{id}.jpg": [captions]}), else the first
+    non-empty line of `text/{id}.txt`. Ids without a caption are left out."""
+    root = Path(root)
+    captions: dict[int, str] = {}
+    table = root / "text.json"
+    if table.is_file():
+        try:
+            data = json.loads(table.read_text())
+        except json.JSONDecodeError as err:
+            raise GenerationError(f"{table}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise GenerationError(f"{table}: expected a mapping {{\"ID.jpg\": [captions]}}")
+        for i in ids:
+            entry = data.get(f"{i}.jpg", data.get(str(i)))
+            if isinstance(entry, str):
+                entry = [entry]
+            if entry:
+                captions[i] = str(entry[0]).strip()
+    for i in ids:
+        if i not in captions:
+            path = root / "text" / f"{i}.txt"
+            if path.is_file():
+                lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+                if lines:
+                    captions[i] = lines[0]
+    return captions
+
+
+def split_spec(name: str, data_cfg) -> str:
+    """'test' / 'train' → the config's data.test_split / data.train_split; anything else is a spec."""
+    return {"test": data_cfg.test_split, "train": data_cfg.train_split}.get(name, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeds and shards
+
+
+def image_seed(seed: int, image_id: int) -> int:
+    """The noise seed of image `image_id`: a function of (seed, id) only."""
+    return (int(seed) * SEED_STRIDE + int(image_id)) % (2**63)
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """'i/n' → (i, n) with 0 <= i < n."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
+        raise GenerationError(f"--shard must be i/n with 0 <= i < n (e.g. 0/2), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def shard_from_env() -> Optional[tuple[int, int]]:
+    """(RANK, WORLD_SIZE) under torchrun / accelerate launch with more than one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return int(os.environ.get("RANK", "0") or 0), world
+    return None
+
+
+def take_shard(ids: Sequence[int], shard: Optional[tuple[int, int]]) -> list[int]:
+    """Every n-th id starting at i."""
+    return list(ids) if shard is None else list(ids)[shard[0] :: shard[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise GenerationError(f"output folder {out} exists and is not a folder")
+    try:
+        for sub in ("face", "text"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GenerationError(f"cannot create output folder {out}: {err.strerror or err}") from None
+    for sub in ("", "face", "text"):
+        if not os.access(out / sub, os.W_OK | os.X_OK):
+            raise GenerationError(f"output folder {out / sub} is not writable")
+    return out
+
+
+def done_ids(out: Path) -> list[int]:
+    ids = []
+    for path in (out / "face").glob("*.jpg"):
+        if path.stem.isdigit():
+            ids.append(int(path.stem))
+    return sorted(ids)
+
+
+def _write_manifest(out: Path, settings: dict) -> None:
+    data = dict(settings, done=done_ids(out))
+    text = json.dumps(data, indent=1) + "\n"
+    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(text))
+
+
+def check_resume(out: Path, settings: dict) -> None:
+    """Refuse to add images made with other settings to an existing output folder."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return  # unreadable: rewritten at the end of the first batch
+    diffs = [f"{k} {old.get(k)!r} != {settings.get(k)!r}" for k in RESUME_KEYS if k in old and old.get(k) != settings.get(k)]
+    if diffs:
+        raise GenerationError(
+            f"{out} holds images made with other settings ({'; '.join(diffs[:3])}): "
+            "use another --output_dir, or delete it to start over"
+        )
+
+
+def generate_split(
+    pipe,
+    root: str | os.PathLike,
+    split: str,
+    output_dir: str | os.PathLike,
+    batch_size: int = 4,
+    limit: Optional[int] = None,
+    seed: int = 42,
+    steps: Optional[int] = None,
+    guidance: Optional[float] = None,
+    condition_scale: Optional[float] = None,
+    size: Optional[int] = None,
+    shard: Optional[tuple[int, int]] = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Generate the split's faces into `output_dir` with a FaceMoGLEPipeline; returns a summary.
+
+    `split` is "test"/"train" (the run config's data.test_split / train_split) or a spec itself.
+    `limit` keeps the first ids of the split (before sharding), so shards of a limited run still
+    partition it.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    if not root.is_dir():
+        raise GenerationError(f"data root not found: {root} (expected mask/ and text.json or text/)")
+    if batch_size < 1:
+        raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise GenerationError(f"--limit must be >= 1, got {limit}")
+    cfg = pipe.cfg
+    steps = cfg.sample.steps if steps is None else steps
+    guidance = cfg.sample.guidance if guidance is None else guidance
+    condition_scale = cfg.sample.condition_scale if condition_scale is None else condition_scale
+    size = pipe.check_size(cfg.sample.size if size is None else size)
+
+    spec = split_spec(split, cfg.data)
+    ids = read_split_ids(root, spec)
+    if limit is not None:
+        ids = ids[:limit]
+    ids = take_shard(ids, shard)
+    captions = first_captions(root, ids)
+    missing = [str(root / "mask" / f"{i}.png") for i in ids if not (root / "mask" / f"{i}.png").is_file()]
+    missing += [f"caption of {i} (text.json or text/{i}.txt)" for i in ids if i not in captions]
+    if missing:
+        raise GenerationError(f"{len(missing)} missing data files under {root}, e.g. {', '.join(missing[:3])}")
+
+    out = check_output_dir(output_dir)
+    settings = dict(
+        run=str(Path(pipe.run_dir).resolve()) if pipe.run_dir else None,
+        backbone=pipe.backbone.source, root=str(root), split=split, split_spec=spec,
+        seed=seed, steps=steps, guidance=guidance, size=size, condition_scale=condition_scale,
+        gate_timestep_scale=cfg.model.gate_timestep_scale, mask_latent=cfg.sample.mask_latent,
+        max_sequence_length=cfg.sample.max_sequence_length,
+        seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
+    )
+    check_resume(out, settings)
+
+    todo = [i for i in ids if not (out / "face" / f"{i}.jpg").is_file()]
+    skipped = len(ids) - len(todo)
+    where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
+    log(f"{len(ids)} images in split {split!r}{where}: {skipped} already in {out / 'face'}, {len(todo)} to generate")
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", desc="generate", disable=not progress, dynamic_ncols=True)
+    try:
+        for b in range(0, len(todo), batch_size):
+            batch = todo[b : b + batch_size]
+            result = pipe(
+                [captions[i] for i in batch], [str(root / "mask" / f"{i}.png") for i in batch],
+                seeds=[image_seed(seed, i) for i in batch], steps=steps, guidance=guidance,
+                condition_scale=condition_scale, size=size, batch_size=len(batch),
+            )
+            for i, image in zip(batch, result.images):
+                # Caption first: a face file marks the id as done.
+                text = captions[i] + "\n"
+                atomic_write(out / "text" / f"{i}.txt", lambda tmp, t=text: Path(tmp).write_text(t))
+                atomic_write(out / "face" / f"{i}.jpg",
+                             lambda tmp, im=image: im.save(tmp, format="JPEG", quality=JPEG_QUALITY))
+            _write_manifest(out, settings)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    _write_manifest(out, settings)
+    seconds = time.perf_counter() - start
+    return dict(total=len(ids), generated=len(todo), skipped=skipped, seconds=seconds, output_dir=str(out))

@@ -1,0 +1,436 @@
+"""Prompt + face mask → image: batched FLUX flow-matching sampling with Face-MoGLE.
+
+    pipe = FaceMoGLEPipeline.from_run("runs/face-mogle")
+    out = pipe(["She has blond hair."], ["mask.png"], seeds=[42])
+    out.images[0].save("face.png")
+
+What happens, per batch of images (DESIGN §2 "Sampling"):
+  1. prompts → T5 sequence + pooled CLIP vector, once per distinct prompt of the call;
+  2. masks → 20-map condition stack → VAE posterior mode (or a sample) → mask latents, once per image;
+     no mask (None) = text-only mode: all 20 maps are zero images;
+  3. noise: image i starts from torch.randn drawn by its own CPU generator seeded with seeds[i], so
+     an image depends on its seed only, never on its batch or position;
+  4. FLUX Euler flow matching: sigmas linspace(1, 1/steps) shifted by mu (from the image token count,
+     the scheduler's config), embedded guidance, MoGLE re-mixing the condition tokens every step with
+     its gate fed t · model.gate_timestep_scale;
+  5. VAE decode → PIL images, and on request the gate weights as an "expert map" per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import Config, ConfigError, load_config
+from .data.masks import MaskError, condition_stack_torch, load_label_map
+from .encoding import decode_tokens, encode_distribution, encode_prompts, image_ids, latent_tokens, pack, text_ids
+from .labels import NUM_MAPS, PALETTE
+from .models.builder import Backbone, load_backbone
+from .models.face_mogle import LORA_FILE, MOGLE_FILE, OFFICIAL_MOGLE_FILE, FaceMoGLE
+from .utils import DTYPES
+
+CONFIG_FILE = "config.yaml"
+GLOBAL_EXPERT_COLOUR = (235, 235, 235)  # expert 0 in expert maps; experts 1..19 use PALETTE
+
+
+class SamplingError(ValueError):
+    """Bad sampling input (run folder, size, steps, ...): a one-line message for the user."""
+
+
+def user_errors() -> tuple[type, ...]:
+    """Exception types whose message is meant for the user (the CLIs print them as one line)."""
+    from .models.builder import BackboneError
+
+    return (SamplingError, ConfigError, BackboneError, MaskError)
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+@dataclass
+class SampleOutput:
+    images: list  # PIL RGB images, size × size
+    # With return_gates=True: per image the gate weights [N, 20] (float32, averaged over steps or at
+    # `gate_step`) and their expert map (PIL RGB, size × size). None without gating.
+    gate_weights: Optional[list] = None
+    expert_maps: Optional[list] = None
+    settings: dict = field(default_factory=dict)
+
+
+def mode_name(prompt: str, has_mask: bool) -> str:
+    """'mask+text', 'mask-only' (empty prompt), 'text-only' (no mask) or 'unconditional'."""
+    if has_mask:
+        return "mask+text" if prompt else "mask-only"
+    return "text-only" if prompt else "unconditional"
+
+
+def expert_map(weights: torch.Tensor | np.ndarray, size: int) -> Image.Image:
+    """Gate weights [N, E] of a square token grid → RGB image size × size.
+
+    Each token shows its strongest expert: 0 (global) light grey, e ≥ 1 (local expert of class e-1)
+    the CelebAMask-HQ palette colour of that class; tokens are upsampled nearest to `size`.
+    """
+    w = torch.as_tensor(np.asarray(weights) if not torch.is_tensor(weights) else weights).float()
+    n, e = w.shape
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"expert_map needs a square token grid, got {n} tokens")
+    colours = np.concatenate([np.array([GLOBAL_EXPERT_COLOUR], np.uint8), PALETTE], axis=0)
+    if e > len(colours):
+        raise ValueError(f"expert_map knows colours for {len(colours)} experts, got {e}")
+    winner = w.argmax(dim=1).view(side, side).cpu().numpy()
+    return Image.fromarray(colours[winner], "RGB").resize((size, size), Image.NEAREST)
+
+
+@contextlib.contextmanager
+def _quiet_prompt_truncation():
+    """CLIP reads 77 tokens at most, in training as here: its truncation warnings are noise."""
+    names = ("diffusers.pipelines.flux.pipeline_flux", "transformers.tokenization_utils_base")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: Optional[str | torch.device]) -> torch.device:
+    """A usable torch device (default: cuda if there is one, else cpu), or a one-line error."""
+    try:
+        device = torch.device(device or _default_device())
+    except (RuntimeError, TypeError) as err:
+        raise SamplingError(f"unknown device {device!r}: {one_line(err)}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SamplingError(f"device {device} requested, but torch sees no CUDA GPU (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SamplingError(f"device {device} requested, but there are {torch.cuda.device_count()} CUDA GPUs")
+    return device
+
+
+def resolve_pretrained(pretrained: str, run_dir: Path) -> str:
+    """'tiny' as is; a relative folder is looked up from the current directory, then from the
+    project root the run folder sits in (run_dir/../..), so shipped runs work from anywhere."""
+    if pretrained == "tiny" or Path(pretrained).is_absolute() or Path(pretrained).exists():
+        return pretrained
+    candidate = run_dir.resolve().parent.parent / pretrained
+    return str(candidate) if candidate.exists() else pretrained
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> Path:
+    """A run folder must hold config.yaml, the LoRA file and MoGLE weights; say what is missing."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise SamplingError(f"run folder not found: {run} (expected {CONFIG_FILE}, {LORA_FILE}, {MOGLE_FILE})")
+    missing = [name for name in (CONFIG_FILE, LORA_FILE) if not (run / name).is_file()]
+    if not (run / MOGLE_FILE).is_file() and not (run / OFFICIAL_MOGLE_FILE).is_file():
+        missing.append(MOGLE_FILE)
+    if missing:
+        raise SamplingError(f"run folder {run} is incomplete: missing {', '.join(missing)}")
+    return run
+
+
+class FaceMoGLEPipeline:
+    """Batched sampler over a FaceMoGLE model (transformer + LoRA + MoGLE) and its FLUX backbone."""
+
+    def __init__(self, backbone: Backbone, model: FaceMoGLE, cfg: Config, device: str | torch.device = "cpu",
+                 run_dir: Optional[str] = None):
+        self.backbone = backbone
+        self.model = model.eval()
+        for m in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
+            m.eval()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.run_dir = run_dir
+
+    # -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | os.PathLike,
+        pretrained: Optional[str] = None,
+        device: Optional[str | torch.device] = None,
+        dtype: Optional[str | torch.dtype] = None,
+        overrides: Optional[Sequence[str]] = None,
+    ) -> "FaceMoGLEPipeline":
+        """Load a run folder (config.yaml + LoRA + MoGLE) on its backbone.
+
+        `pretrained` replaces the config's backbone ("tiny" or a folder); `dtype` the config's
+        weights dtype; `overrides` are `--set`-style "key=value" config overrides (e.g.
+        "model.gate_timestep_scale=1000"). Errors: SamplingError, ConfigError, BackboneError.
+        """
+        run = check_run_dir(run_dir)
+        cfg = load_config(run / CONFIG_FILE, list(overrides or []))
+        source = resolve_pretrained(pretrained or cfg.pretrained, run)
+        device = check_device(device)
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise SamplingError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        dtype = dtype or DTYPES[cfg.dtype]
+        backbone = load_backbone(source, dtype=dtype, device=device)
+        model = FaceMoGLE(backbone.transformer, cfg.model)
+        try:
+            model.load_weights(run)
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SamplingError(f"cannot load the weights of run {run}: {first}") from None
+        # LoRA adapters sit beside their base layers (peft keeps them on the base layer's device).
+        # MoGLE stays float32: it is small, and its output is cast to the transformer's dtype.
+        model.transformer.to(device)
+        model.mogle.to(device=device, dtype=torch.float32)
+        return cls(backbone, model, cfg, device=device, run_dir=str(run))
+
+    # -----------------------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype (of a layer LoRA never wraps)."""
+        return self.backbone.transformer.context_embedder.weight.dtype
+
+    @property
+    def token_pixels(self) -> int:
+        return self.backbone.token_pixels
+
+    def check_size(self, size: int) -> int:
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size <= 0 or size % self.token_pixels:
+            raise SamplingError(
+                f"size must be a positive multiple of {self.token_pixels} (pixels per image token "
+                f"of this backbone), got {size}"
+            )
+        return int(size)
+
+    def load_mask(self, mask: Any, size: int) -> Optional[np.ndarray]:
+        """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
+        if mask is None:
+            return None
+        return load_label_map(mask, size)
+
+    def timesteps(self, steps: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(model timesteps in [0,1] [steps], sigmas [steps+1] ending at 0) as FluxPipeline sets them."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = copy.deepcopy(self.backbone.scheduler)  # set_timesteps mutates the scheduler
+        conf = scheduler.config
+        if conf.get("stochastic_sampling", False):
+            raise SamplingError("the scheduler config asks for stochastic sampling, which this sampler does not do")
+        mu = calculate_shift(
+            num_tokens, conf.get("base_image_seq_len", 256), conf.get("max_image_seq_len", 4096),
+            conf.get("base_shift", 0.5), conf.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1.0 / steps, steps)
+        if conf.get("use_flow_sigmas", False):
+            sigmas = None
+        scheduler.set_timesteps(num_inference_steps=steps, sigmas=sigmas, mu=mu)
+        t = scheduler.timesteps.float() / conf.num_train_timesteps
+        return t, scheduler.sigmas.float()
+
+    def initial_noise(self, seed: int, size: int) -> tuple[torch.Tensor, torch.Generator]:
+        """Packed noise tokens [1, N, C] of one image, drawn by its own CPU generator (so the same on
+        every device), and that generator (for any further draws of this image)."""
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        side = size // self.backbone.vae_scale_factor
+        return pack(torch.randn((1, self.backbone.latent_channels, side, side), generator=g)), g
+
+    @torch.inference_mode()
+    def encode_masks(self, labels: list[Optional[np.ndarray]], size: int, generators: list) -> torch.Tensor:
+        """Label maps (None = all-zero maps) → mask latents [B, 20, N, C], float32 on the device."""
+        stacks = []
+        for lab in labels:
+            if lab is None:
+                stacks.append(torch.zeros(NUM_MAPS, 3, size, size))
+            else:
+                stacks.append(condition_stack_torch(torch.from_numpy(np.array(lab)), self.cfg.model.global_map))
+        stack = torch.stack(stacks).to(self.device)  # [B, 20, 3, S, S]
+        b = stack.shape[0]
+        mean, std = encode_distribution(self.backbone.vae, stack.flatten(0, 1))  # deduplicated
+        mean, std = mean.view(b, NUM_MAPS, *mean.shape[1:]), std.view(b, NUM_MAPS, *std.shape[1:])
+        vae = self.backbone.vae
+        if self.cfg.sample.mask_latent == "sample":
+            # Each image's posterior sample comes from its own generator: batch-independent.
+            tokens = []
+            for i in range(b):
+                noise = torch.randn(mean[i].shape, generator=generators[i]).to(self.device)
+                tokens.append(latent_tokens(vae, mean[i] + std[i] * noise, std[i], sample=False))
+            return torch.stack(tokens)
+        tokens = latent_tokens(vae, mean.flatten(0, 1), std.flatten(0, 1), sample=False)
+        return tokens.view(b, NUM_MAPS, *tokens.shape[1:])
+
+    # -----------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        masks: Any = None,
+        seeds: int | Sequence[int] = 0,
+        steps: Optional[int] = None,
+        guidance: Optional[float] = None,
+        condition_scale: Optional[float] = None,
+        size: Optional[int] = None,
+        batch_size: int = 4,
+        return_gates: bool = False,
+        gate_step: Optional[int] = None,
+        on_step: Optional[Callable[[int, int], None]] = None,
+    ) -> SampleOutput:
+        """Generate one image per (prompt, mask, seed).
+
+        prompts: a string or a list ("" = mask-only mode). masks: one mask or a list; each a path,
+        PIL image, numpy array or label tensor [H, W], or None (text-only mode: all-zero maps); a
+        [B, H, W] array or tensor is B masks. A list of
+        length 1 (or a single value) is repeated to the length of the other. seeds: a list, one per
+        image, or an int s meaning s, s+1, ... Settings left None come from the run's config
+        (`sample.*`). `gate_step` picks one step's gate weights instead of their mean over steps.
+        `on_step(done, total)` is called after every denoising step (done counts over all batches).
+        """
+        cfg = self.cfg.sample
+        steps = cfg.steps if steps is None else steps
+        guidance = cfg.guidance if guidance is None else float(guidance)
+        condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
+        size = self.check_size(cfg.size if size is None else size)
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+            raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
+        if not condition_scale > 0:
+            raise SamplingError(f"condition scale must be > 0, got {condition_scale}")
+        if batch_size < 1:
+            raise SamplingError(f"batch size must be >= 1, got {batch_size}")
+        if gate_step is not None and not 0 <= gate_step < steps:
+            raise SamplingError(f"gate step must be in 0..{steps - 1}, got {gate_step}")
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if isinstance(masks, (list, tuple)):
+            masks = list(masks)
+        elif isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 3:
+            masks = list(masks)  # a batch of label maps [B, H, W]
+        else:
+            masks = [masks]
+        n = max(len(prompts), len(masks))
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(masks) == 1:
+            masks = masks * n
+        if len(prompts) != n or len(masks) != n or n == 0:
+            raise SamplingError(f"got {len(prompts)} prompts and {len(masks)} masks: give one each, or one of either")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise SamplingError(f"prompts must be strings, got {type(p).__name__}")
+        seeds = [int(seeds) + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise SamplingError(f"got {len(seeds)} seeds for {n} images")
+        labels = [self.load_mask(m, size) for m in masks]  # validate every mask before any work
+
+        # Text encoders run once per distinct prompt of the call; an embedding is dropped after the
+        # last batch that needs it, so memory stays bounded on long lists.
+        remaining: dict[str, int] = {}
+        for p in prompts:
+            remaining[p] = remaining.get(p, 0) + 1
+        text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        images, gates, maps = [], [], []
+        total = steps * math.ceil(n / batch_size)
+        done = 0
+        for start in range(0, n, batch_size):
+            sl = slice(start, start + batch_size)
+            batch_prompts = prompts[sl]
+            new = sorted({p for p in batch_prompts if p not in text_cache})
+            if new:
+                with _quiet_prompt_truncation():
+                    t5, pooled = encode_prompts(self.backbone, new, cfg.max_sequence_length, device=self.device)
+                for i, p in enumerate(new):
+                    text_cache[p] = (t5[i : i + 1], pooled[i : i + 1])
+            t5 = torch.cat([text_cache[p][0] for p in batch_prompts])
+            pooled = torch.cat([text_cache[p][1] for p in batch_prompts])
+            for p in batch_prompts:
+                remaining[p] -= 1
+                if remaining[p] == 0:
+                    text_cache.pop(p, None)
+
+            def step_done():
+                nonlocal done
+                done += 1
+                if on_step is not None:
+                    on_step(done, total)
+
+            batch_images, batch_gates = self._generate_batch(
+                t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size,
+                return_gates, gate_step, step_done,
+            )
+            images += batch_images
+            if return_gates and batch_gates is not None:
+                gates += list(batch_gates)
+                maps += [expert_map(w, size) for w in batch_gates]
+
+        settings = dict(
+            steps=steps, guidance=guidance, condition_scale=condition_scale, size=size, seeds=seeds,
+            gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
+            max_sequence_length=cfg.max_sequence_length,
+            modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
+        )
+        has_gates = return_gates and len(gates) == n
+        return SampleOutput(images, [g.numpy() for g in gates] if has_gates else None,
+                            maps if has_gates else None, settings)
+
+    @torch.inference_mode()
+    def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size,
+                        return_gates, gate_step, step_done):
+        model, device, dtype = self.model, self.device, self.dtype
+        b = len(seeds)
+        noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
+        latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
+        mask_latents = self.encode_masks(labels, size, list(generators))
+        mask_latents = mask_latents.to(next(model.mogle.parameters()).dtype)
+        img_ids = image_ids(size, self.token_pixels, device=device, dtype=dtype)
+        txt_ids = text_ids(t5.shape[1], device=device, dtype=dtype)
+        t5, pooled = t5.to(device, dtype), pooled.to(device, dtype)
+        guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
+            if self.backbone.transformer.config.guidance_embeds else None
+        timesteps, sigmas = self.timesteps(steps, latents.shape[1])
+        gate_scale = self.cfg.model.gate_timestep_scale
+
+        gate_sum = None
+        for i in range(steps):
+            t = timesteps[i].expand(b).to(device)
+            velocity = model(
+                latents.to(dtype), t, mask_latents, t5, pooled, txt_ids, img_ids, guidance=guidance_t,
+                condition_scale=condition_scale, gate_timestep=t * gate_scale,
+            )
+            # Euler step of the flow ODE (FlowMatchEulerDiscreteScheduler.step), in float32.
+            latents = latents + (sigmas[i + 1] - sigmas[i]).item() * velocity.float()
+            if return_gates and model.mogle.last_gate_weights is not None:
+                w = model.mogle.last_gate_weights.float()
+                if gate_step is None:
+                    gate_sum = w if gate_sum is None else gate_sum + w
+                elif i == gate_step:
+                    gate_sum = w * steps
+            step_done()
+
+        pixels = decode_tokens(self.backbone.vae, latents, size, self.backbone.vae_scale_factor)
+        arrays = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        images = [Image.fromarray(a, "RGB") for a in arrays]
+        gates = None if gate_sum is None else (gate_sum / steps).cpu()
+        return images, gates
+
+
+__all__ = [
+    "FaceMoGLEPipeline", "SampleOutput", "SamplingError", "expert_map", "mode_name", "check_run_dir",
+    "resolve_pretrained", "user_errors", "one_line", "ConfigError", "MaskError",
+]

@@ -1,0 +1,81 @@
+"""Generate a face for every image of a test split with a trained Face-MoGLE run.
+
+    python test.py --run runs/face-mogle --root data/mmcelebahq --split test --output_dir outputs/test
+
+Writes OUT/face/{id}.jpg, OUT/text/{id}.txt (the caption used: the image's first) and
+OUT/manifest.json. Image `id` is seeded from (seed, id): runs resume (existing faces are skipped)
+and shard (`--shard i/n`; automatic by RANK under `torchrun` / `accelerate launch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr (exit 2), like every other input error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv=None):
+    p = OneLineParser(
+        description="Generate faces for a data split (MM-CelebA-HQ layout) with a Face-MoGLE run folder.",
+    )
+    p.add_argument("--run", required=True, help="run folder: config.yaml, pytorch_lora_weights.safetensors, mogle.safetensors (or mogle.pt)")
+    p.add_argument("--root", default=None, help="data root with mask/{id}.png and text.json or text/{id}.txt (default: the run config's data.root)")
+    p.add_argument("--split", default="test", help="'test' or 'train' (the config's data.test_split / data.train_split), or a split itself: 'START-END' or an id-list file relative to --root (default: test)")
+    p.add_argument("--output_dir", required=True, help="where face/, text/ and manifest.json go; ids already in face/ are skipped")
+    p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N ids of the split (applied before sharding)")
+    p.add_argument("--seed", type=int, default=None, help="base seed; image id i uses seed * 1000003 + i (default: the config's seed)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the config's sample.steps)")
+    p.add_argument("--guidance", type=float, default=None, help="embedded guidance (default: sample.guidance)")
+    p.add_argument("--condition_scale", type=float, default=None, help="mask strength, > 0 (default: sample.condition_scale)")
+    p.add_argument("--size", type=int, default=None, help="image size in pixels, a multiple of the token size (default: sample.size)")
+    p.add_argument("--shard", default=None, help="i/n: take every n-th id starting at i (default: RANK/WORLD_SIZE under torchrun or accelerate launch, else all)")
+    p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
+    p.add_argument("--device", default=None, help="torch device (default: cuda, cuda:LOCAL_RANK under a launcher, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the config's dtype)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run config key, e.g. model.gate_timestep_scale=1000 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from face_mogle.generate_split import GenerationError, generate_split, parse_shard, shard_from_env
+    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, user_errors
+
+    errors = user_errors() + (GenerationError,)
+    try:
+        shard = parse_shard(args.shard) or shard_from_env()
+        device = args.device
+        if device is None and os.environ.get("LOCAL_RANK") is not None:
+            import torch
+
+            if torch.cuda.is_available():
+                device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=device,
+                                          dtype=args.dtype, overrides=args.overrides)
+        summary = generate_split(
+            pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
+            limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,
+            guidance=args.guidance, condition_scale=args.condition_scale, size=args.size, shard=shard,
+            progress=not args.quiet,
+        )
+    except errors as err:
+        print(f"test.py: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    rate = summary["generated"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
+    print(f"generated {summary['generated']} images ({summary['skipped']} skipped) in "
+          f"{summary['seconds']:.1f} s ({rate:.2f} img/s) -> {summary['output_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

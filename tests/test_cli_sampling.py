@@ -1,0 +1,239 @@
+"""inference.py and test.py: outputs, sidecars, resume, shards, and one-line errors."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from face_mogle.generate_split import (GenerationError, first_captions, image_seed, parse_shard,
+                                       read_split_ids, shard_from_env, take_shard)
+from test_pipeline import SIZE, draw_mask, tiny_run  # noqa: F401  (tiny_run is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+IDS = [100, 101, 102, 103, 104]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(script, *args, cwd=None, timeout=300):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def assert_one_line_error(stderr: str, *needles):
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    """MM-CelebA-HQ layout: masks, captions in text.json (most ids) or text/{id}.txt, a split file."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mask").mkdir()
+    (root / "text").mkdir()
+    (root / "splits").mkdir()
+    table = {}
+    for i in IDS:
+        Image.fromarray(draw_mask(i, 64), "L").save(root / "mask" / f"{i}.png")
+        captions = [f"Face {i} has {'blond' if i % 2 else 'black'} hair.", f"Another caption of {i}."]
+        if i == 103:
+            (root / "text" / f"{i}.txt").write_text("\n" + "\n".join(captions) + "\n")
+        else:
+            table[f"{i}.jpg"] = captions
+    (root / "text.json").write_text(json.dumps(table))
+    (root / "splits" / "test.txt").write_text("".join(f"{i}\n" for i in IDS))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Split reading
+
+
+def test_split_reader(data_root, monkeypatch):
+    assert read_split_ids(data_root, "3-6") == [3, 4, 5, 6]
+    assert read_split_ids(data_root, "splits/test.txt") == IDS
+    caps = first_captions(data_root, IDS)
+    assert caps[100] == "Face 100 has black hair." and caps[103] == "Face 103 has blond hair."
+    with pytest.raises(GenerationError, match="END must be >= START"):
+        read_split_ids(data_root, "9-3")
+    with pytest.raises(GenerationError, match="no id-list file"):
+        read_split_ids(data_root, "splits/nope.txt")
+    assert take_shard(IDS, (1, 2)) == [101, 103]
+    assert parse_shard("1/2") == (1, 2)
+    for bad in ("2/2", "x", "1/0"):
+        with pytest.raises(GenerationError):
+            parse_shard(bad)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    assert shard_from_env() == (2, 3)
+    assert len({image_seed(s, i) for s in (0, 1, 42) for i in range(30000)}) == 90000
+
+
+# ---------------------------------------------------------------------------------------------
+# test.py
+
+
+def faces(folder):
+    return {p.name: p.read_bytes() for p in sorted((Path(folder) / "face").glob("*.jpg"))}
+
+
+def test_generate_split_resume_and_shards(tiny_run, data_root, tmp_path, monkeypatch, capsys):  # noqa: F811
+    script = load_script("test")
+    base = ["--run", tiny_run, "--root", data_root, "--split", "test", "--set", "data.test_split=splits/test.txt",
+            "--quiet", "--seed", "3"]
+    full = tmp_path / "full"
+    assert script.main([*map(str, base), "--output_dir", str(full), "--batch_size", "2"]) == 0
+    made = faces(full)
+    assert sorted(made) == [f"{i}.jpg" for i in IDS]
+    for i in IDS:
+        assert Image.open(full / "face" / f"{i}.jpg").size == (SIZE, SIZE)
+    assert (full / "text" / "103.txt").read_text() == "Face 103 has blond hair.\n"
+    manifest = json.loads((full / "manifest.json").read_text())
+    assert manifest["done"] == IDS and manifest["seed"] == 3 and manifest["steps"] == 2 and manifest["size"] == SIZE
+
+    # Resume: nothing to do, nothing touched.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (full / "face").iterdir()}
+    capsys.readouterr()
+    assert script.main([*map(str, base), "--output_dir", str(full), "--batch_size", "2"]) == 0
+    assert "5 already in" in capsys.readouterr().out
+    assert faces(full) == made
+    assert {p.name: p.stat().st_mtime_ns for p in (full / "face").iterdir()} == stamps
+
+    # Shards, another batch size: together the same bytes.
+    sharded = tmp_path / "sharded"
+    for shard in ("0/2", "1/2"):
+        assert script.main([*map(str, base), "--output_dir", str(sharded), "--batch_size", "3", "--shard", shard]) == 0
+    assert faces(sharded) == made
+
+    # Sharding by RANK under a launcher; a partial run resumes to the full set.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    ranked = tmp_path / "ranked"
+    assert script.main([*map(str, base), "--output_dir", str(ranked)]) == 0
+    assert sorted(faces(ranked)) == ["101.jpg", "103.jpg"]
+    monkeypatch.delenv("WORLD_SIZE")
+    assert script.main([*map(str, base), "--output_dir", str(ranked), "--batch_size", "4"]) == 0
+    assert faces(ranked) == made
+
+    # Other settings into the same folder: refused, one line.
+    capsys.readouterr()
+    assert script.main([*map(str, base), "--output_dir", str(full), "--steps", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "steps 2 != 3")
+
+    # --limit keeps the first ids of the split.
+    limited = tmp_path / "limited"
+    assert script.main([*map(str, base), "--output_dir", str(limited), "--limit", "2"]) == 0
+    assert faces(limited) == {k: made[k] for k in ("100.jpg", "101.jpg")}
+
+
+def test_generate_split_bad_inputs(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
+    script = load_script("test")
+    out = str(tmp_path / "out")
+    cases = [
+        (["--run", str(tmp_path / "nope"), "--root", str(data_root), "--output_dir", out], "run folder not found"),
+        (["--run", str(tiny_run), "--root", str(tmp_path / "nodata"), "--output_dir", out], "data root not found"),
+        (["--run", str(tiny_run), "--root", str(data_root), "--output_dir", out, "--shard", "2/2"], "--shard"),
+        (["--run", str(tiny_run), "--root", str(data_root), "--output_dir", out], "missing data files"),  # 27000-29999
+        (["--run", str(tiny_run), "--root", str(data_root), "--split", "100-104", "--output_dir", out, "--size", "20"],
+         "multiple of 8"),
+        (["--run", str(tiny_run), "--root", str(data_root), "--split", "100-104", "--output_dir",
+          str(data_root / "text.json")], "not a folder"),
+    ]
+    for args, needle in cases:
+        capsys.readouterr()
+        assert script.main(args + ["--quiet"]) == 2, args
+        assert_one_line_error(capsys.readouterr().err, needle)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference.py
+
+
+def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
+    mask = tmp_path / "mask.png"
+    Image.fromarray(draw_mask(0, 64), "L").save(mask)
+    out = tmp_path / "out" / "face.png"
+    res = run_cli(ROOT / "inference.py", "--run", tiny_run, "--prompt", "She has blond hair.", "--mask", mask,
+                  "--output", out, "--seed", 5, "--steps", 2, "--size", 24, "--gates",
+                  "--set", "model.gate_timestep_scale=1000")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert Image.open(out).size == (24, 24)
+    assert Image.open(tmp_path / "out" / "face_gates.png").size == (24, 24)
+    meta = json.loads((tmp_path / "out" / "face.json").read_text())
+    assert meta["prompt"] == "She has blond hair." and meta["mask"] == str(mask)
+    assert (meta["seed"], meta["steps"], meta["size"], meta["guidance"]) == (5, 2, 24, 3.5)
+    assert meta["gate_timestep_scale"] == 1000.0 and meta["mode"] == "mask+text" and meta["backbone"] == "tiny"
+    assert meta["condition_scale"] == 1.0 and meta["seconds"] > 0 and len(meta["gate_mean"]) == 20
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_inference_without_arguments_needs_the_tiny_model(tmp_path):
+    # A copy of the script in an empty folder: no checkpoints/face-mogle-tiny beside it.
+    shutil.copy(ROOT / "inference.py", tmp_path / "inference.py")
+    res = run_cli(tmp_path / "inference.py", cwd=tmp_path, timeout=60)
+    assert res.returncode == 2
+    assert_one_line_error(res.stderr, "checkpoints/face-mogle-tiny", "--run RUN")
+
+
+@pytest.mark.slow
+def test_inference_without_arguments_runs_the_demo():
+    if not (ROOT / "checkpoints" / "face-mogle-tiny" / "config.yaml").is_file():
+        pytest.skip("checkpoints/face-mogle-tiny/ is not shipped yet")
+    res = run_cli(ROOT / "inference.py")
+    assert res.returncode == 0, res.stderr
+    assert Image.open(ROOT / "outputs" / "inference.png").size[0] > 0
+    assert (ROOT / "outputs" / "inference.json").is_file()
+
+
+def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
+    bad_mask = tmp_path / "bad.png"
+    bad_mask.write_bytes(b"\x89PNG not really")
+    labels = tmp_path / "labels.png"
+    Image.fromarray(draw_mask(0, 64) + 19, "L").save(labels)  # values outside 0..18
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    run, out = str(tiny_run), str(tmp_path / "o.png")
+    # Checked before any model loads. A few as real subprocesses (no traceback reaches stderr) ...
+    for args, needle in [
+        (["--run", str(tmp_path / "nope"), "--prompt", "x"], "run folder not found"),
+        (["--run", run, "--mask", bad_mask], "bad.png: unreadable or corrupt image"),
+        (["--run", run, "--prompt", "x", "--steps", "zero"], "invalid int value"),
+    ]:
+        res = run_cli(ROOT / "inference.py", *args, "--output", out)
+        assert res.returncode == 2, (args, res.stderr)
+        assert_one_line_error(res.stderr, needle)
+    # ... the rest in-process (same code path, no interpreter start each).
+    script = load_script("inference")
+    for args, needle in [
+        (["--run", run, "--prompt", "x", "--steps", "0"], "--steps must be >= 1"),
+        (["--run", run, "--mask", str(labels)], "outside 0..18"),
+        (["--run", run, "--mask", str(tmp_path / "missing.png")], "mask file not found"),
+        (["--run", run, "--prompt", "x", "--output", str(blocker / "o.png")], "is a file, not a folder"),
+        (["--run", run, "--prompt", "x", "--output", str(tmp_path / "o.txt")], "--output must end in"),
+        (["--run", run, "--output", out], "give --prompt, --mask or both"),
+        # found once the model is loaded
+        (["--run", run, "--prompt", "x", "--size", "36"], "multiple of 8"),
+        (["--run", run, "--prompt", "x", "--set", "model.nope=1"], "unknown config key 'model.nope'"),
+        (["--run", run, "--prompt", "x", "--pretrained", str(tmp_path / "noflux")], "backbone folder not found"),
+    ]:
+        if "--output" not in args:
+            args = [*args, "--output", out]
+        capsys.readouterr()
+        assert script.main(args) == 2, args
+        assert_one_line_error(capsys.readouterr().err, needle)

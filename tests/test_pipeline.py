@@ -1,0 +1,233 @@
+"""FaceMoGLEPipeline: batched sampling equals one-at-a-time, modes, gate time scale, expert maps."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from face_mogle.config import load_config, save_config
+from face_mogle.data.masks import MaskError
+from face_mogle.labels import PALETTE
+from face_mogle.models.builder import load_backbone
+from face_mogle.models.face_mogle import FaceMoGLE
+from face_mogle.pipeline import GLOBAL_EXPERT_COLOUR, FaceMoGLEPipeline, SamplingError, expert_map
+
+SIZE, STEPS = 32, 2
+
+
+def make_run(folder, size=SIZE, steps=STEPS, seed=0, overrides=()):
+    """A run folder on the tiny backbone whose LoRA and MoGLE weights are random (so they matter)."""
+    folder = Path(folder)
+    cfg = load_config(None, [
+        "pretrained=tiny", "dtype=float32", f"data.size={size}", f"data.condition_size={size}",
+        f"sample.size={size}", f"sample.steps={steps}", "sample.max_sequence_length=64", *overrides,
+    ])
+    backbone = load_backbone("tiny")
+    model = FaceMoGLE(backbone.transformer, cfg.model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.transformer.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the LoRA act
+                p.copy_(torch.randn(p.shape, generator=g))
+        for p in model.mogle.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    model.save_weights(folder)
+    save_config(cfg, folder / "config.yaml")
+    return folder
+
+
+def draw_mask(i: int, size: int = 64) -> np.ndarray:
+    """A simple face label map that varies with i: background, hair, skin, brows, eyes, nose, lips."""
+    yy, xx = np.mgrid[:size, :size] / size
+    lab = np.zeros((size, size), np.uint8)
+    r = 0.30 + 0.03 * (i % 3)
+    lab[((xx - 0.5) ** 2 + (yy - 0.45) ** 2) < (r + 0.08) ** 2] = 13  # hair
+    lab[yy > 0.8] = 18  # cloth
+    lab[((xx - 0.5) / 0.8) ** 2 + (yy - 0.5) ** 2 < r**2] = 1  # skin
+    for cx, c in ((0.4, 5), (0.6, 4)):
+        lab[(np.abs(xx - cx) < 0.05) & (np.abs(yy - 0.45) < 0.025)] = c
+        lab[(np.abs(xx - cx) < 0.06) & (np.abs(yy - 0.38) < 0.015)] = c + 2  # brows 7/6
+    lab[(np.abs(xx - 0.5) < 0.03) & (np.abs(yy - 0.53) < 0.05)] = 2  # nose
+    lab[(np.abs(xx - 0.5) < 0.08 + 0.02 * (i % 2)) & (np.abs(yy - 0.64) < 0.015)] = 11
+    lab[(np.abs(xx - 0.5) < 0.08 + 0.02 * (i % 2)) & (np.abs(yy - 0.67) < 0.015)] = 12
+    if i % 4 == 3:
+        lab[(np.abs(yy - 0.45) < 0.01) & (np.abs(xx - 0.5) < 0.2)] = 3  # glasses
+    return lab
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("run") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_run):
+    return FaceMoGLEPipeline.from_run(tiny_run, device="cpu")
+
+
+def pixels(images):
+    return np.stack([np.asarray(im).astype(np.int16) for im in images])
+
+
+PROMPTS = ["She has blond hair.", "", "He wears a hat.", "She has blond hair."]
+
+
+def test_batch_equals_single_calls(pipe):
+    masks = [draw_mask(0), draw_mask(1), None, draw_mask(3)]
+    seeds = [11, 12, 13, 14]
+    batch = pipe(PROMPTS, masks, seeds=seeds, batch_size=4)
+    singles = [pipe(p, m, [s], batch_size=1).images[0] for p, m, s in zip(PROMPTS, masks, seeds)]
+    uneven = pipe(PROMPTS, masks, seeds=seeds, batch_size=3)
+    assert [im.size for im in batch.images] == [(SIZE, SIZE)] * 4
+    assert np.abs(pixels(batch.images) - pixels(singles)).max() <= 1
+    assert np.abs(pixels(uneven.images) - pixels(singles)).max() <= 1
+    # the same seed gives the same image wherever it sits; another seed another image
+    again = pipe([PROMPTS[3], PROMPTS[0]], [masks[3], masks[0]], seeds=[14, 11], batch_size=2)
+    assert np.abs(pixels(again.images) - pixels([singles[3], singles[0]])).max() <= 1
+    other = pipe(PROMPTS[0], masks[0], [99]).images[0]
+    assert np.abs(pixels([other]) - pixels([singles[0]])).max() > 10
+    assert batch.settings["modes"] == ["mask+text", "mask-only", "text-only", "mask+text"]
+
+
+def test_modes_run_and_differ(pipe):
+    m = draw_mask(0)
+    both = pipe("She has blond hair.", m, [5]).images[0]
+    mask_only = pipe("", m, [5]).images[0]
+    text_only = pipe("She has blond hair.", None, [5]).images[0]
+    a, b, c = pixels([both]), pixels([mask_only]), pixels([text_only])
+    # beyond the <= 1 rounding noise that batching may cause
+    assert np.abs(a - b).max() > 1 and np.abs(a - c).max() > 1 and np.abs(b - c).max() > 1
+    # another mask changes the image too, and so does the mask strength
+    hair = np.full((SIZE, SIZE), 13, np.uint8)
+    assert np.abs(a - pixels(pipe("She has blond hair.", hair, [5]).images)).max() > 1
+    assert np.abs(a - pixels(pipe("She has blond hair.", m, [5], condition_scale=3.0).images)).max() > 1
+
+
+def test_mask_inputs_agree(pipe, tmp_path):
+    lab = draw_mask(2, size=48)  # resized (nearest) to the image size
+    path = tmp_path / "m.png"
+    Image.fromarray(lab, "L").save(path)
+    rgb = Image.fromarray(PALETTE[lab], "RGB")
+    outs = [pipe("a face", m, [3]).images[0] for m in (str(path), Image.open(path), lab, torch.from_numpy(lab), rgb)]
+    ref = pixels(outs[:1])
+    for out in outs[1:]:
+        assert np.array_equal(pixels([out]), ref)
+
+
+def test_encoders_run_once(pipe, monkeypatch):
+    import face_mogle.pipeline as P
+
+    seen_prompts, mask_batches = [], []
+    real_prompts, real_dist = P.encode_prompts, P.encode_distribution
+    monkeypatch.setattr(P, "encode_prompts", lambda bb, prompts, *a, **k: seen_prompts.append(list(prompts)) or real_prompts(bb, prompts, *a, **k))
+    monkeypatch.setattr(P, "encode_distribution", lambda vae, x, *a, **k: mask_batches.append(x.shape[0]) or real_dist(vae, x, *a, **k))
+    prompts = ["a", "b", "a", "a", "c"]
+    pipe(prompts, draw_mask(0), seeds=[1, 2, 3, 4, 5], steps=4, batch_size=2)
+    flat = [p for call in seen_prompts for p in call]
+    assert sorted(flat) == ["a", "b", "c"]  # every distinct prompt encoded exactly once
+    assert mask_batches == [2 * 20, 2 * 20, 1 * 20]  # once per image, not per step
+
+
+def spy_forward(pipe, monkeypatch):
+    """Record what each denoising step feeds the transformer and the MoGLE gate."""
+    import face_mogle.models.face_mogle as FM
+
+    log = {"gate_t": [], "t": [], "noisy": [], "text": [], "pooled": []}
+    real = FM.three_stream_forward
+
+    def stream(tr, hidden, text, pooled, timestep, *a, **k):
+        log["t"].append(timestep.clone()); log["noisy"].append(hidden.clone())
+        log["text"].append(text.clone()); log["pooled"].append(pooled.clone())
+        return real(tr, hidden, text, pooled, timestep, *a, **k)
+
+    monkeypatch.setattr(FM, "three_stream_forward", stream)
+    gating = pipe.model.mogle.gating
+    if gating is not None:
+        real_gate = gating.forward
+        monkeypatch.setattr(gating, "forward", lambda g, n, t: log["gate_t"].append(t.clone()) or real_gate(g, n, t))
+    return log
+
+
+def test_gate_timestep_scale_changes_only_the_gate_input(tiny_run, monkeypatch, tmp_path):
+    logs, images = [], []
+    for scale in (1.0, 1000.0):
+        p = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=[f"model.gate_timestep_scale={scale}"])
+        with monkeypatch.context() as mp:
+            log = spy_forward(p, mp)
+            images.append(p(["a face", ""], draw_mask(1), seeds=[7, 8], batch_size=2).images)
+        logs.append(log)
+    one, official = logs
+    assert len(one["gate_t"]) == STEPS
+    for i in range(STEPS):
+        assert torch.allclose(official["gate_t"][i], one["gate_t"][i] * 1000)
+        assert 0 < one["gate_t"][i].max() <= 1
+        assert torch.equal(official["t"][i], one["t"][i])  # the transformer's time is unchanged
+    assert torch.equal(official["noisy"][0], one["noisy"][0])  # same starting noise
+    assert torch.equal(official["text"][0], one["text"][0]) and torch.equal(official["pooled"][0], one["pooled"][0])
+    assert np.abs(pixels(images[0]) - pixels(images[1])).max() > 0  # the gate saw another time
+
+    # Without a gating network the switch has nothing to act on: identical images.
+    run = make_run(tmp_path / "nogate", overrides=["model.has_gating=false"])
+    outs = []
+    for scale in (1.0, 1000.0):
+        p = FaceMoGLEPipeline.from_run(run, device="cpu", overrides=[f"model.gate_timestep_scale={scale}"])
+        outs.append(pixels(p(["a face", ""], draw_mask(1), seeds=[7, 8], batch_size=2).images))
+        assert p(["a face"], draw_mask(1), [7], return_gates=True).expert_maps is None
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_gates_and_expert_map(pipe):
+    out = pipe(["a face", "a face"], [draw_mask(0), None], seeds=[1, 2], batch_size=2, return_gates=True)
+    n = (SIZE // pipe.token_pixels) ** 2
+    assert len(out.gate_weights) == 2 and out.gate_weights[0].shape == (n, 20)
+    assert np.allclose(out.gate_weights[0].sum(1), 1, atol=1e-4)
+    assert [m.size for m in out.expert_maps] == [(SIZE, SIZE)] * 2
+    # one chosen step instead of the mean
+    step0 = pipe("a face", draw_mask(0), [1], return_gates=True, gate_step=0)
+    assert not np.allclose(step0.gate_weights[0], out.gate_weights[0])
+    # the colours: global expert light grey, local expert e = palette colour of class e-1
+    w = torch.zeros(4, 20)
+    w[0, 0] = w[1, 2] = w[2, 14] = w[3, 19] = 1
+    img = np.asarray(expert_map(w, 8))
+    assert tuple(img[0, 0]) == GLOBAL_EXPERT_COLOUR
+    assert tuple(img[0, 7]) == tuple(PALETTE[1])
+    assert tuple(img[7, 0]) == tuple(PALETTE[13])
+    assert tuple(img[7, 7]) == tuple(PALETTE[18])
+
+
+def test_timesteps_follow_the_resolution_shift(pipe):
+    t_small, s_small = pipe.timesteps(8, 16)
+    t_large, s_large = pipe.timesteps(8, 4096)
+    assert len(t_small) == 8 and len(s_small) == 9 and s_small[-1] == 0 and s_small[0] == pytest.approx(1.0)
+    assert torch.all(s_small[:-1] > s_small[1:])
+    assert torch.allclose(t_small, s_small[:-1], atol=1e-6)
+    assert torch.all(s_large[1:-1] > s_small[1:-1])  # more tokens, more shift towards noise
+
+
+def test_sampled_mask_latents_are_per_image(tiny_run):
+    p = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=["sample.mask_latent=sample"])
+    masks, seeds = [draw_mask(0), draw_mask(1), draw_mask(2)], [4, 5, 6]
+    batch = p("a face", masks, seeds=seeds, batch_size=3).images
+    singles = [p("a face", m, [s]).images[0] for m, s in zip(masks, seeds)]
+    assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
+
+
+def test_bad_inputs(pipe, tmp_path):
+    with pytest.raises(SamplingError, match="multiple of 8"):
+        pipe("a", None, [0], size=36)
+    with pytest.raises(SamplingError, match="steps"):
+        pipe("a", None, [0], steps=0)
+    with pytest.raises(SamplingError, match="condition scale"):
+        pipe("a", None, [0], condition_scale=0)
+    with pytest.raises(SamplingError, match="2 prompts and 3 masks"):
+        pipe(["a", "b"], [None, None, None], [0, 1, 2])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(MaskError, match="bad.png"):
+        pipe("a", str(bad), [0])
+    with pytest.raises(MaskError, match="outside 0..18"):
+        pipe("a", np.full((8, 8), 40, np.uint8), [0])
+    with pytest.raises(SamplingError, match="run folder not found"):
+        FaceMoGLEPipeline.from_run(tmp_path / "nope")

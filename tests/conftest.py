@@ -16,3 +16,18 @@ def tiny_backbone():
     from face_mogle.models.builder import build_tiny_backbone
 
     return build_tiny_backbone()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A sampling-ready run folder on the tiny backbone (random LoRA and MoGLE weights)."""
+    from sampling_helpers import make_run
+
+    return make_run(tmp_path_factory.mktemp("run") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_run):
+    from face_mogle.pipeline import FaceMoGLEPipeline
+
+    return FaceMoGLEPipeline.from_run(tiny_run, device="cpu")

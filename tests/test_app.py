@@ -17,7 +17,7 @@ from PIL import Image
 
 from face_mogle.labels import PALETTE
 from test_cli_sampling import load_script
-from test_pipeline import draw_mask, pipe, tiny_run  # noqa: F401  (fixtures)
+from sampling_helpers import draw_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from face_mogle.generate_split import (GenerationError, first_captions, image_seed, parse_shard,
                                        read_split_ids, shard_from_env, take_shard)
-from test_pipeline import SIZE, draw_mask, tiny_run  # noqa: F401  (tiny_run is a fixture)
+from sampling_helpers import SIZE, draw_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = [100, 101, 102, 103, 104]

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .data.dataset import DataError, read_captions, read_split
 from .utils import atomic_write
 
 SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs never collide
@@ -35,61 +36,23 @@ class GenerationError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Split reading (self-contained; same semantics as face_mogle.data.dataset.read_split)
 
-_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
 
 def read_split_ids(root: str | os.PathLike, spec: str) -> list[int]:
-    """Ids of a split: "START-END" (inclusive), or an id-list file (one integer id per line,
-    blank lines ignored) given relative to `root` or absolute."""
-    match = _RANGE.match(str(spec))
-    if match:
-        start, end = int(match.group(1)), int(match.group(2))
-        if end < start:
-            raise GenerationError(f"split {spec!r}: END must be >= START")
-        return list(range(start, end + 1))
-    path = Path(spec) if Path(spec).is_absolute() else Path(root) / spec
-    if not path.is_file():
-        raise GenerationError(f"split {spec!r}: not an id range START-END and no id-list file at {path}")
-    ids = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        if not line.isdigit():
-            raise GenerationError(f"{path}:{n}: expected an image id (a non-negative integer), got {line!r}")
-        ids.append(int(line))
-    if not ids:
-        raise GenerationError(f"split file {path} holds no ids")
-    return ids
+    """Ids of a split: "START-END" (inclusive) or an id-list file (see `data.dataset.read_split`)."""
+    try:
+        return read_split(root, spec)
+    except DataError as err:
+        raise GenerationError(str(err)) from None
 
 
 def first_captions(root: str | os.PathLike, ids: Sequence[int]) -> dict[int, str]:
-    """The first caption of each id: from `text.json` ({"{id}.jpg": [captions]}), else the first
-    non-empty line of `text/{id}.txt`. Ids without a caption are left out."""
-    root = Path(root)
-    captions: dict[int, str] = {}
-    table = root / "text.json"
-    if table.is_file():
-        try:
-            data = json.loads(table.read_text())
-        except json.JSONDecodeError as err:
-            raise GenerationError(f"{table}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, dict):
-            raise GenerationError(f"{table}: expected a mapping {{\"ID.jpg\": [captions]}}")
-        for i in ids:
-            entry = data.get(f"{i}.jpg", data.get(str(i)))
-            if isinstance(entry, str):
-                entry = [entry]
-            if entry:
-                captions[i] = str(entry[0]).strip()
-    for i in ids:
-        if i not in captions:
-            path = root / "text" / f"{i}.txt"
-            if path.is_file():
-                lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-                if lines:
-                    captions[i] = lines[0]
-    return captions
+    """The first caption of each id (text.json, else text/{id}.txt); ids without one are left out."""
+    try:
+        captions = read_captions(root, list(ids))
+    except DataError as err:
+        raise GenerationError(str(err)) from None
+    return {i: caps[0].strip() for i, caps in captions.items() if caps}
 
 
 def split_spec(name: str, data_cfg) -> str:

@@ -63,6 +63,8 @@ def read_captions(root: str | os.PathLike, ids: list[int]) -> dict[int, list[str
             data = json.loads(table.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{table}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, dict):
+            raise DataError(f'{table}: expected a mapping {{"ID.jpg": [captions]}}')
         for i in ids:
             entry = data.get(f"{i}.jpg", data.get(str(i)))
             if entry is not None:

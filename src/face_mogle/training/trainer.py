@@ -24,7 +24,7 @@ from ..models.builder import load_backbone
 from ..models.face_mogle import FaceMoGLE
 from ..models.transformer import three_stream_forward
 from ..utils import DTYPES
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
 
 # Keys that may change between a run and its resumption (they do not change what is computed).
@@ -128,10 +128,10 @@ class Trainer:
         self.fail_save_at = fail_save_at  # tests: simulate a crash while saving this step
         tracker = None if cfg.train.tracker == "none" else cfg.train.tracker
         if tracker == "wandb":
-            try:
-                import wandb  # noqa: F401
-            except ImportError:
-                raise TrainingError("train.tracker is wandb but wandb is not installed (pip install wandb, or --set train.tracker=tensorboard)") from None
+            import importlib.util
+
+            if importlib.util.find_spec("wandb") is None:
+                raise TrainingError("train.tracker is wandb but wandb is not installed (pip install wandb, or --set train.tracker=tensorboard)")
         self.acc = Accelerator(
             cpu=not torch.cuda.is_available(),  # so torchrun on CPU gives a gloo multi-process run
             mixed_precision=cfg.train.mixed_precision,

@@ -18,6 +18,15 @@ from face_mogle.training.trainer import StepBatches, Trainer, TrainingError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process Trainer gets a fresh accelerate state (it is a process-wide singleton)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
@@ -138,7 +147,7 @@ def test_cli_errors_are_one_line(data, tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "unknown config key 'train.batchsize'" in out.stderr
     out = run_cli([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
-                   "--set", f"data.root={tmp_path / 'nowhere'}"])
+                   "--set", f"data.root={tmp_path / 'nowhere'}", "--set", f"train.runs_dir={tmp_path}"])
     assert out.returncode == 2 and "data root not found" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -189,3 +198,27 @@ def test_sample_grid_is_written(data, tmp_path):
     assert grid.size == (3 * 32, rows * 32 + 14)  # mask | mask + text | mask only, per validation mask
     pixels = np.asarray(grid.convert("RGB"))[14:, 32:64]
     assert pixels.std() > 0  # a generated image, not a blank tile
+
+
+def test_prodigy_with_accumulation_and_bf16_autocast(data, tmp_path):
+    cfg = cfg_for(data, tmp_path, **{"train.max_steps": 2, "train.grad_accum": 2, "train.optimizer.type": "prodigy",
+                                     "train.optimizer.lr": 1.0, "train.mixed_precision": "bf16"})
+    trainer = Trainer(cfg)
+    before = {n: p.detach().clone() for n, p in trainer.named_trainable.items()}
+    losses = trainer.train()
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert type(trainer.optimizer.optimizer).__name__ == "Prodigy"
+    moved = [n for n, p in trainer.named_trainable.items() if not torch.equal(p.detach(), before[n])]
+    assert len(moved) == len(before)  # every trainable tensor was updated
+
+
+def test_base_mode_trains_the_whole_transformer(data, tmp_path):
+    trainer = Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1, "train.mode": "base"}))
+    assert all(n.startswith("transformer.") and "lora" not in n for n in trainer.named_trainable)
+    assert len(trainer.named_trainable) == len(list(trainer.backbone.transformer.parameters()))
+    trainer.train()
+    from diffusers import FluxTransformer2DModel
+
+    exported = FluxTransformer2DModel.from_pretrained(str(tmp_path / "t" / "transformer"))
+    for (n, a), b in zip(exported.state_dict().items(), trainer.backbone.transformer.state_dict().values()):
+        assert torch.equal(a, b.float()), n

@@ -328,6 +328,10 @@ class Trainer:
             if cfg.train.sample_interval > 0 and step % cfg.train.sample_interval == 0:
                 self.sample_grid(step)
         bar.close()
+        if losses and acc.is_main_process:
+            k = max(1, len(losses) // 10)
+            first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+            print(f"loss: {first:.4f} (mean of the first {k} steps) → {last:.4f} (last {k}) over {len(losses)} steps")
         self._check_ranks_in_sync()
         if acc.log_with:
             acc.end_training()

@@ -113,3 +113,20 @@ def test_pickle_with_code_is_refused(tmp_path):
 def test_wrong_shape_input_is_clear():
     with pytest.raises(ValueError, match=r"\[B, 20, N, D\]"):
         MoGLE()(torch.zeros(1, 19, 4, 64), torch.zeros(1, 4, 64), torch.zeros(1))
+
+
+def test_expert_subsets(inputs):
+    x, noisy, t = inputs
+    torch.manual_seed(4)
+    full = MoGLE()
+    _, w, outs = reference(full, x, noisy, t)
+    for experts, keep in (("global", [0]), ("local", list(range(1, 20)))):
+        m = MoGLE(experts=experts)
+        m.load_state_dict(full.state_dict())  # same parameter names: the subset is not saved
+        sub = torch.softmax(torch.log(w[..., keep]), dim=-1)  # the gate renormalised over the subset
+        expected = sum(sub[..., k : k + 1] * outs[e] for k, e in enumerate(keep))
+        torch.testing.assert_close(m(x, noisy, t), expected, atol=1e-5, rtol=1e-4)
+        assert torch.all(m.last_gate_weights[..., [e for e in range(20) if e not in keep]] == 0)
+        summed = MoGLE(experts=experts, has_gating=False)
+        summed.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("gating")})
+        torch.testing.assert_close(summed(x, noisy, t), sum(outs[e] for e in keep), atol=1e-5, rtol=1e-5)

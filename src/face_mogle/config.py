@@ -55,6 +55,7 @@ class ModelConfig:
     has_expert: bool = True  # ablation: False = identity instead of expert MLPs
     has_gating: bool = True  # ablation: False = plain sum of expert outputs
     scalar_gating: bool = False  # ablation: per-expert weights averaged over tokens
+    experts: str = "all"  # ablation: "global" (global expert only) or "local" (local experts only)
     union_cond_attn: bool = True  # False blocks attention between image/text and condition tokens
     latent_lora: bool = False  # True applies LoRA to image/text tokens too
     # The gate is trained with t in [0,1]; the official inference fed the scheduler's t in
@@ -261,6 +262,7 @@ def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     _choice("dtype", cfg.dtype, ("float32", "bfloat16", "float16"))
     _choice("model.global_map", cfg.model.global_map, ("official", "palette"))
+    _choice("model.experts", cfg.model.experts, ("all", "global", "local"))
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))

@@ -52,6 +52,14 @@ class TinySpec:
     seed: int = 0
 
 
+# The shipped tiny demo model's sizes (4 double + 6 single blocks, 128 wide; 8× VAE: a 128² face is
+# 16×16 latents = 64 tokens per stream): small enough to train on a CPU and to live in git.
+TINY_DEMO_SPEC = TinySpec(
+    num_layers=4, num_single_layers=6, num_attention_heads=4, attention_head_dim=32, axes_dims_rope=[8, 12, 12],
+    vae_channels=[32, 32, 64, 64], clip_hidden=64, t5_hidden=64,
+)
+
+
 @dataclass
 class Backbone:
     transformer: torch.nn.Module

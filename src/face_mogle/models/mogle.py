@@ -41,12 +41,16 @@ class DynamicGate(nn.Module):
         self.noise_proj = nn.Linear(dim, dim)
         self.gate = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_experts))
 
-    def forward(self, global_map: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        # global_map, noisy: [B, N, D]; timestep: [B]
+    def forward(self, global_map: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor,
+                active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # global_map, noisy: [B, N, D]; timestep: [B]; active: bool [E] (ablations), None = all
         dtype = self.noise_proj.weight.dtype
         t_emb = self.timestep_embedding(self.time_proj(timestep).to(dtype))  # [B, D]
         fused = global_map.to(dtype) + self.noise_proj(noisy.to(dtype)) + t_emb[:, None, :]
-        return F.softmax(self.gate(fused).float(), dim=-1).to(dtype)  # [B, N, E]
+        logits = self.gate(fused).float()
+        if active is not None and not bool(active.all()):
+            logits = logits.masked_fill(~active, float("-inf"))
+        return F.softmax(logits, dim=-1).to(dtype)  # [B, N, E]
 
 
 class MoGLE(nn.Module):
@@ -65,8 +69,11 @@ class MoGLE(nn.Module):
         has_expert: bool = True,
         has_gating: bool = True,
         scalar_gating: bool = False,
+        experts: str = "all",
     ):
         super().__init__()
+        if experts not in ("all", "global", "local"):
+            raise ValueError(f"experts must be 'all', 'global' or 'local', got {experts!r}")
         if has_expert:
             make = lambda: Expert(input_dim, hidden_dim, output_dim)  # noqa: E731
         else:
@@ -78,6 +85,14 @@ class MoGLE(nn.Module):
         self.local_experts = nn.ModuleList(make() for _ in range(num_experts - 1))
         self.gating = DynamicGate(input_dim, num_experts) if has_gating else None
         self.scalar_gating = scalar_gating
+        # Ablation: use only the global expert, or only the local ones (all parameters still exist,
+        # so weight files keep the official layout). Not a parameter: never saved.
+        active = torch.ones(num_experts, dtype=torch.bool)
+        if experts == "global":
+            active[1:] = False
+        elif experts == "local":
+            active[0] = False
+        self.register_buffer("active", active, persistent=False)
         self.last_gate_weights: Optional[torch.Tensor] = None
 
     def expert_outputs(self, mask_latents: torch.Tensor) -> torch.Tensor:
@@ -88,7 +103,7 @@ class MoGLE(nn.Module):
     def gate_weights(self, mask_latents, noisy_latents, timestep) -> Optional[torch.Tensor]:
         if self.gating is None:
             return None
-        weights = self.gating(mask_latents[:, 0], noisy_latents, timestep)  # [B, N, E]
+        weights = self.gating(mask_latents[:, 0], noisy_latents, timestep, self.active)  # [B, N, E]
         if self.scalar_gating:
             weights = weights.mean(dim=1, keepdim=True).expand_as(weights)
         return weights
@@ -102,7 +117,7 @@ class MoGLE(nn.Module):
         weights = self.gate_weights(mask_latents, noisy_latents, timestep)
         self.last_gate_weights = None if weights is None else weights.detach()
         if weights is None:
-            return outputs.sum(dim=1)
+            return outputs[:, self.active].sum(dim=1)
         return torch.einsum("bend,bne->bnd", outputs, weights.to(outputs.dtype))
 
     # ---------------------------------------------------------------------------------------

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Reproduce the shipped tiny Face-MoGLE (checkpoints/face-mogle-tiny/) with the project's own scripts:
+#   SynthFaces → (1) a small 16-channel VAE → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
+# Runs on a CPU (about an hour on 2 cores) or a GPU. Extra arguments go to every train.py call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGES=checkpoints/tiny-stages
+DATA=data/synthfaces-128
+
+if [[ ! -f "$DATA/text.json" ]]; then
+    python script/make_synthfaces.py --out "$DATA" --num 5000 --size 128 --seed 0
+fi
+
+# (1) VAE → a whole FLUX-layout backbone folder (random tiny transformer and text encoders)
+if [[ ! -f "$STAGES/backbone-vae/model_index.json" ]]; then
+    python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 1200 --batch_size 16
+fi
+
+# (2) base DiT: full training of the transformer as plain text-to-image
+BASE_RUN="$STAGES/runs/tiny-demo-base"
+if [[ -d "$BASE_RUN/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
+python train.py --config configs/tiny-demo-base.yaml "${RESUME[@]}" "$@"
+rm -rf "$STAGES/backbone-base.tmp"
+cp -r "$STAGES/backbone-vae" "$STAGES/backbone-base.tmp"
+rm -rf "$STAGES/backbone-base.tmp/transformer"
+cp -r "$BASE_RUN/transformer" "$STAGES/backbone-base.tmp/transformer"
+rm -rf "$STAGES/backbone-base" && mv "$STAGES/backbone-base.tmp" "$STAGES/backbone-base"
+
+# (3) Face-MoGLE on the frozen base, from the latent cache
+python -m face_mogle.data.cache --config configs/tiny-demo.yaml --split train
+MOGLE_RUN="$STAGES/runs/face-mogle-tiny"
+if [[ -d "$MOGLE_RUN/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
+python train.py --config configs/tiny-demo.yaml "${RESUME[@]}" "$@"
+
+# ship: run folder + its backbone, with the config pointing at the shipped backbone
+OUT=checkpoints/face-mogle-tiny
+rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
+cp "$MOGLE_RUN/pytorch_lora_weights.safetensors" "$MOGLE_RUN/mogle.safetensors" "$OUT.tmp/"
+cp -r "$STAGES/backbone-base" "$OUT.tmp/backbone"
+python - "$MOGLE_RUN/config.yaml" "$OUT.tmp/config.yaml" <<'PY'
+import sys
+from face_mogle.config import load_config, save_config
+cfg = load_config(sys.argv[1], ["pretrained=checkpoints/face-mogle-tiny/backbone", "data.cache_dir=null"])
+save_config(cfg, sys.argv[2])
+PY
+if [[ -f "$OUT/README.md" ]]; then cp "$OUT/README.md" "$OUT.tmp/README.md"; fi
+rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+du -sh "$OUT"
+echo "shipped: $OUT (try: python inference.py)"

@@ -1,0 +1,48 @@
+"""The shipped tiny Face-MoGLE follows its mask and its caption (regression guard for the whole pipeline).
+
+Eight held-out SynthFaces (test ids of the recipe's data set, re-rendered from their seed) go through
+the real sampler; the exact SynthFaces parser scores mask mIoU and caption-attribute accuracy. A
+regression anywhere — mask codec, MoGLE, LoRA scoping, sampler, VAE — drops these numbers.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "checkpoints" / "face-mogle-tiny"
+HELD_OUT = range(4500, 4508)  # the first test ids of `make_synthfaces.py --num 5000 --size 128 --seed 0`
+ATTRIBUTES = ("hair_color", "eye_color", "lip_color", "skin_tone", "cloth_color", "background_color")
+
+pytestmark = pytest.mark.skipif(not (MODEL / "config.yaml").is_file(), reason="checkpoints/face-mogle-tiny/ is not shipped")
+
+
+def floors() -> dict:
+    """Measured on this model (model card) minus a margin; see checkpoints/face-mogle-tiny/README.md."""
+    return json.loads((MODEL / "ci_floors.json").read_text())
+
+
+def test_shipped_model_follows_mask_and_caption(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the run's `pretrained` is relative to the repository root
+    from face_mogle.data.synthetic import attributes, mean_iou, parse, render
+    from face_mogle.pipeline import FaceMoGLEPipeline
+
+    pipe = FaceMoGLEPipeline.from_run(MODEL, device="cpu")
+    size = pipe.cfg.sample.size
+    samples = [render((0, i), size) for i in HELD_OUT]
+    out = pipe([s.captions[0] for s in samples], [s.labels for s in samples],
+               seeds=[i for i in HELD_OUT], batch_size=8)
+    parsed = [parse(np.asarray(im)) for im in out.images]
+    miou = mean_iou(parsed, [s.labels for s in samples])
+    right = total = 0
+    for s, im, lab in zip(samples, out.images, parsed):
+        got = attributes(np.asarray(im), lab)
+        for k in ATTRIBUTES:
+            if s.attributes.get(k) is not None and (k != "lip_color" or " lip" in s.captions[0]):
+                total += 1
+                right += int(got.get(k) == s.attributes[k])
+    limits = floors()
+    assert miou >= limits["miou"], f"mask mIoU {miou:.3f} < {limits['miou']}"
+    assert right / total >= limits["attribute_accuracy"], f"attribute accuracy {right / total:.3f} < {limits['attribute_accuracy']}"

@@ -90,7 +90,7 @@ def spy_forward(pipe, monkeypatch):
     gating = pipe.model.mogle.gating
     if gating is not None:
         real_gate = gating.forward
-        monkeypatch.setattr(gating, "forward", lambda g, n, t: log["gate_t"].append(t.clone()) or real_gate(g, n, t))
+        monkeypatch.setattr(gating, "forward", lambda g, n, t, *a: log["gate_t"].append(t.clone()) or real_gate(g, n, t, *a))
     return log
 
 

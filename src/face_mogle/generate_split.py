@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .data.dataset import DataError, read_captions, read_split
+from .data.dataset import DataError, read_captions, read_split, split_spec
 from .utils import atomic_write
 
 SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs never collide
@@ -53,11 +53,6 @@ def first_captions(root: str | os.PathLike, ids: Sequence[int]) -> dict[int, str
     except DataError as err:
         raise GenerationError(str(err)) from None
     return {i: caps[0].strip() for i, caps in captions.items() if caps}
-
-
-def split_spec(name: str, data_cfg) -> str:
-    """'test' / 'train' → the config's data.test_split / data.train_split; anything else is a spec."""
-    return {"test": data_cfg.test_split, "train": data_cfg.train_split}.get(name, name)
 
 
 # ---------------------------------------------------------------------------------------------

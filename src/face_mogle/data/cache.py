@@ -49,7 +49,8 @@ import torch
 
 from ..labels import NUM_CLASSES, NUM_MAPS
 from ..utils import DTYPES, atomic_save_safetensors, atomic_write
-from .dataset import DataError, SampleChoice, check_files, load_face, read_captions, read_split, sample_choice
+from .dataset import (DataError, SampleChoice, check_files, load_face, read_captions, read_split, sample_choice,
+                      split_spec)
 from .masks import MaskError, condition_stack_torch, load_label_map
 
 FORMAT_VERSION = 1
@@ -386,8 +387,7 @@ def _split_ids(cfg, split: str) -> list[int]:
     ids: list[int] = []
     seen = set()
     for name in ("train", "test") if split == "both" else (split,):
-        spec = cfg.data.train_split if name == "train" else cfg.data.test_split
-        for i in read_split(cfg.data.root, spec):
+        for i in read_split(cfg.data.root, split_spec(name, cfg.data)):
             if i not in seen:
                 seen.add(i)
                 ids.append(i)
@@ -434,9 +434,8 @@ class CachedFaceDataset(torch.utils.data.Dataset):
     @classmethod
     def from_config(cls, cfg, cache: LatentCache, split: str = "train", seed: int = 0,
                     train: Optional[bool] = None) -> "CachedFaceDataset":
-        spec = cfg.data.train_split if split == "train" else cfg.data.test_split
         train = (split == "train") if train is None else train
-        return cls(cache, read_split(cfg.data.root, spec), seed, train, cfg.data.drop_text_prob,
+        return cls(cache, read_split(cfg.data.root, split_spec(split, cfg.data)), seed, train, cfg.data.drop_text_prob,
                    cfg.data.drop_image_prob)
 
     @property

@@ -53,6 +53,11 @@ def read_split(root: str | os.PathLike, spec: str) -> list[int]:
     return ids
 
 
+def split_spec(name: str, data_cfg) -> str:
+    """'train' / 'test' → the config's data.train_split / data.test_split; anything else is a spec."""
+    return {"train": data_cfg.train_split, "test": data_cfg.test_split}.get(name, name)
+
+
 def read_captions(root: str | os.PathLike, ids: list[int]) -> dict[int, list[str]]:
     """Captions per id, from text.json, else text/{id}.txt."""
     root = Path(root)
@@ -149,9 +154,8 @@ class FaceDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_config(cls, data_cfg, split: str = "train", seed: int = 0, train: Optional[bool] = None, **kw):
-        spec = data_cfg.train_split if split == "train" else data_cfg.test_split
         train = (split == "train") if train is None else train
-        return cls(data_cfg.root, spec, data_cfg.size, seed, train, data_cfg.drop_text_prob,
+        return cls(data_cfg.root, split_spec(split, data_cfg), data_cfg.size, seed, train, data_cfg.drop_text_prob,
                    data_cfg.drop_image_prob, **kw)
 
     def set_epoch(self, epoch: int) -> None:

@@ -92,14 +92,20 @@ class Backbone:
         return self
 
     def pipeline(self):
-        """A diffusers FluxPipeline sharing these components (for its prompt encoding helpers)."""
+        """A diffusers FluxPipeline sharing these components (for its prompt encoding helpers).
+
+        Built once: encode_prompts calls this every training step.
+        """
         from diffusers import FluxPipeline
 
-        return FluxPipeline(
+        if getattr(self, "_pipeline", None) is not None:
+            return self._pipeline
+        self._pipeline = FluxPipeline(
             scheduler=self.scheduler, vae=self.vae, text_encoder=self.text_encoder,
             tokenizer=self.tokenizer, text_encoder_2=self.text_encoder_2,
             tokenizer_2=self.tokenizer_2, transformer=self.transformer,
         )
+        return self._pipeline
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write all components in diffusers' FluxPipeline layout (loadable by `load_backbone`)."""

@@ -139,16 +139,18 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, head_dim))  # [B, S, H, Dh]
 
 
-def _qkv(attn, x, lora: bool, added: bool = False):
-    """Project tokens to normalised query/key and value, each [B, S, H, Dh]."""
-    if added:
-        q, k, v = attn.add_q_proj(x), attn.add_k_proj(x), attn.add_v_proj(x)
+def _qkv(attn, x, lora: bool, added: bool = False, need_q: bool = True):
+    """Project tokens to normalised query/key and value, each [B, S, H, Dh] (query None if not needed)."""
+    hd = attn.head_dim
+    if added:  # text tokens: their own projections, never LoRA
+        q = attn.add_q_proj(x) if need_q else None
+        k, v = attn.add_k_proj(x), attn.add_v_proj(x)
         nq, nk = attn.norm_added_q, attn.norm_added_k
     else:
-        q, k, v = (_linear(m, x, lora) for m in (attn.to_q, attn.to_k, attn.to_v))
+        q = _linear(attn.to_q, x, lora) if need_q else None
+        k, v = _linear(attn.to_k, x, lora), _linear(attn.to_v, x, lora)
         nq, nk = attn.norm_q, attn.norm_k
-    hd = attn.head_dim
-    return nq(_heads(q, hd)), nk(_heads(k, hd)), _heads(v, hd)
+    return (None if q is None else nq(_heads(q, hd))), nk(_heads(k, hd)), _heads(v, hd)
 
 
 def _attention(q, k, v, rope, mask, q_rope_len=None) -> torch.Tensor:
@@ -233,7 +235,7 @@ def single_block(block, hid, cond, temb, cond_temb, rope, mask, opts: StreamOpti
     if cond is not None:
         shift, scale, c_gate = _modulation(block.norm.linear, cond_temb, True, 3)
         c_norm = _modulate(cond, block.norm.norm, shift, scale)
-        qc, kc, vc = _qkv(attn, c_norm, True)
+        qc, kc, vc = _qkv(attn, c_norm, True, need_q=not last)
         k, v = torch.cat([k, kc], 1), torch.cat([v, vc], 1)
         if last:  # condition queries would only produce discarded outputs: image/text queries only
             q_len, mask = n, None if mask is None else mask[:n]

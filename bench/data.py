@@ -299,7 +299,7 @@ def report(measured: dict | None, projected: dict | None, maps: float) -> str:
             "|---|---|---|",
             f"| uncached, official (21 VAE encodes + T5 + CLIP) | {tf(vae_off + text)} | {100 * (vae_off + text) / (vae_off + text + train):.1f}% |",
             f"| uncached, identical maps once | {tf(vae_dedup + text)} | {100 * (vae_dedup + text) / (vae_dedup + text + train):.1f}% |",
-            f"| cached (posterior sampling only) | ≈ 0 | ≈ 0% |",
+            "| cached (posterior sampling only) | ≈ 0 | ≈ 0% |",
             "",
             f"Removing the data side speeds the step up by ≈ {(vae_off + text + train) / train:.2f}× vs official "
             f"({(vae_dedup + text + train) / train:.2f}× vs dedup), compute-bound and counting FLOPs only.",

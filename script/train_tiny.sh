@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the shipped tiny Face-MoGLE (checkpoints/face-mogle-tiny/) with the project's own scripts:
 #   SynthFaces → (1) a small 16-channel VAE → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
-# Runs on a CPU (about an hour on 2 cores) or a GPU. Extra arguments go to every train.py call.
+# Runs on a CPU (about 1.5 hours on 2 cores) or a GPU. Extra arguments go to every train.py call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGES=checkpoints/tiny-stages
@@ -13,7 +13,7 @@ fi
 
 # (1) VAE → a whole FLUX-layout backbone folder (random tiny transformer and text encoders)
 if [[ ! -f "$STAGES/backbone-vae/model_index.json" ]]; then
-    python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 1200 --batch_size 16
+    python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 1500 --batch_size 16
 fi
 
 # (2) base DiT: full training of the transformer as plain text-to-image

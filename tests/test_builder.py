@@ -73,3 +73,30 @@ def test_missing_component_is_named(tmp_path):
     (tmp_path / "tiny" / "text_encoder_2").mkdir()
     with pytest.raises(BackboneError, match="cannot load T5-XXL text encoder"):
         load_backbone(tmp_path / "tiny")
+
+
+def test_word_tokenizer_knows_every_synthfaces_caption_word():
+    from face_mogle.data.synthetic import render
+    from face_mogle.models.builder import build_t5_tokenizer
+
+    tok = build_t5_tokenizer("words")
+    unk = tok.unk_token_id
+    for i in range(60):
+        for caption in render((0, i), 64).captions:
+            ids = tok(caption).input_ids
+            assert unk not in ids, (caption, tok.convert_ids_to_tokens(ids))
+            assert ids[-1] == tok.eos_token_id and len(ids) <= 48
+    # case and spacing do not matter; an unknown word is <unk>, not an error
+    assert tok("Blond  HAIR.").input_ids == tok("blond hair .").input_ids
+    assert tok("zebra").input_ids == [unk, tok.eos_token_id]
+    with pytest.raises(ValueError, match="t5_vocab"):
+        build_t5_tokenizer("bytes")
+
+
+def test_word_level_backbone_saves_and_loads(tmp_path):
+    bb = build_tiny_backbone(TinySpec(t5_vocab="words"))
+    bb.save(tmp_path / "tiny")
+    loaded = load_backbone(tmp_path / "tiny")
+    text = "She has blond wavy hair."
+    assert loaded.tokenizer_2(text).input_ids == bb.tokenizer_2(text).input_ids
+    assert len(bb.tokenizer_2(text).input_ids) == 7

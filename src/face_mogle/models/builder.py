@@ -49,14 +49,16 @@ class TinySpec:
     clip_layers: int = 2
     t5_hidden: int = 32
     t5_layers: int = 2
+    t5_vocab: str = "chars"  # "chars": one token per character; "words": the SynthFaces caption words
     seed: int = 0
 
 
-# The shipped tiny demo model's sizes (4 double + 6 single blocks, 128 wide; 8× VAE: a 128² face is
-# 16×16 latents = 64 tokens per stream): small enough to train on a CPU and to live in git.
+# The shipped tiny demo model's sizes (4 double + 6 single blocks, 128 wide; 4× VAE: a 128² face is
+# 32×32 latents = 256 tokens per stream, fine enough for eyes and lips; word-level T5 tokens keep
+# the text stream short): small enough to train on a CPU and to live in git.
 TINY_DEMO_SPEC = TinySpec(
     num_layers=4, num_single_layers=6, num_attention_heads=4, attention_head_dim=32, axes_dims_rope=[8, 12, 12],
-    vae_channels=[32, 32, 64, 64], clip_hidden=64, t5_hidden=64,
+    vae_channels=[32, 64, 64], clip_hidden=64, t5_hidden=64, t5_vocab="words",
 )
 
 
@@ -214,17 +216,33 @@ def build_clip_tokenizer(folder: str | os.PathLike):
 
 
 T5_CHARS = [chr(c) for c in range(32, 127)]
+# Every word and mark of the SynthFaces captions, plus a few face words a demo user may type;
+# anything else becomes <unk>.
+T5_WORDS = sorted(set("""
+, - . a and background bald black blond blue bob brown buzz cut dark earrings eyes glasses gray
+green hair has hat he head is light lips lipstick long man medium navy necklace of on orange person
+pink plum portrait purple red she shirt short skin teal this wavy wearing wears white with woman
+yellow face her his no smiling young old curly straight beard grey blonde
+""".split()))
 
 
-def build_t5_tokenizer():
-    """A character-level tokenizer with T5's special tokens (pad=0, eos=1, unk=2), offline."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+def build_t5_tokenizer(vocab_kind: str = "chars"):
+    """A T5-style tokenizer (pad=0, eos=1, unk=2) made offline: one token per character ("chars"),
+    or per lower-cased word/punctuation mark from a fixed list ("words")."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    if vocab_kind not in ("chars", "words"):
+        raise ValueError(f"t5_vocab must be 'chars' or 'words', got {vocab_kind!r}")
+    symbols = T5_CHARS if vocab_kind == "chars" else T5_WORDS
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    vocab.update({c: 3 + i for i, c in enumerate(T5_CHARS)})
+    vocab.update({c: 3 + i for i, c in enumerate(symbols)})
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    if vocab_kind == "chars":
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    else:
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", model_max_length=512
@@ -243,7 +261,7 @@ def build_tiny_backbone(spec: TinySpec = TinySpec()) -> Backbone:
     torch.manual_seed(spec.seed)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_clip_tokenizer(tmp)
-    tokenizer_2 = build_t5_tokenizer()
+    tokenizer_2 = build_t5_tokenizer(spec.t5_vocab)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=spec.clip_hidden, intermediate_size=2 * spec.clip_hidden,

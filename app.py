@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     run = Path(args.run)
     if not (run / "config.yaml").is_file():
-        hint = " (the tiny demo model is not shipped yet; `bash script/train_tiny.sh` makes it)" if run.resolve() == DEFAULT_RUN else ""
+        hint = " (the tiny demo model is missing: `git checkout checkpoints/face-mogle-tiny` restores it, `bash script/train_tiny.sh` remakes it)" if run.resolve() == DEFAULT_RUN else ""
         print(f"app.py: error: run folder {run} not found or has no config.yaml{hint}; pass --run RUN", file=sys.stderr)
         return 2
     from face_mogle.pipeline import FaceMoGLEPipeline, one_line, user_errors

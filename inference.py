@@ -67,7 +67,7 @@ def demo_args(argv):
     if not (DEMO_RUN / "config.yaml").is_file():
         raise UsageError(
             f"the no-argument demo needs the tiny model run folder {DEMO_RUN.relative_to(HERE)}/ "
-            "(not found; it is not shipped yet — `bash script/train_tiny.sh` makes it): or pass your own run with --run RUN --prompt TEXT --mask PNG --output PNG"
+            "(not found: restore it with `git checkout checkpoints/face-mogle-tiny`, or remake it with `bash script/train_tiny.sh`): or pass your own run with --run RUN --prompt TEXT --mask PNG --output PNG"
         )
     prompt = DEMO_PROMPT.read_text().strip() if DEMO_PROMPT.is_file() else ""
     return parse_args(["--run", str(DEMO_RUN), "--mask", str(DEMO_MASK), "--prompt", prompt,

@@ -43,7 +43,10 @@ from face_mogle.config import load_config, save_config
 cfg = load_config(sys.argv[1], ["pretrained=checkpoints/face-mogle-tiny/backbone", "data.cache_dir=null"])
 save_config(cfg, sys.argv[2])
 PY
-if [[ -f "$OUT/README.md" ]]; then cp "$OUT/README.md" "$OUT.tmp/README.md"; fi
+# the model card and the CI floors are written from the benchmark (bench/controllability.py): keep them
+for f in README.md ci_floors.json; do
+    if [[ -f "$OUT/$f" ]]; then cp "$OUT/$f" "$OUT.tmp/$f"; fi
+done
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 du -sh "$OUT"
 echo "shipped: $OUT (try: python inference.py)"

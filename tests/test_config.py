@@ -51,6 +51,7 @@ def test_typo_in_yaml_file_is_named(tmp_path):
         ("data.drop_text_prob=1.5", "'data.drop_text_prob' must be in [0, 1]"),
         ("data.size=100", "multiple of 16"),
         ("train.gradient_checkpointing=3", "must be bool"),
+        ("model.gate_global_prior=1.0", "'model.gate_global_prior' must be in [0, 1)"),
     ],
 )
 def test_bad_values(override, needle):

@@ -130,3 +130,23 @@ def test_expert_subsets(inputs):
         summed = MoGLE(experts=experts, has_gating=False)
         summed.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith("gating")})
         torch.testing.assert_close(summed(x, noisy, t), sum(outs[e] for e in keep), atol=1e-5, rtol=1e-5)
+
+
+def test_gate_global_prior_sets_the_starting_point_only(inputs):
+    x, noisy, t = inputs
+    torch.manual_seed(0)
+    plain = MoGLE()
+    torch.manual_seed(0)
+    biased = MoGLE(gate_global_prior=0.9)
+    plain(x, noisy, t)
+    biased(x, noisy, t)
+    # ~90% of every token's weight starts on the global expert (the official init: ~1/20)
+    assert biased.last_gate_weights[..., 0].mean() == pytest.approx(0.9, abs=0.03)
+    assert plain.last_gate_weights[..., 0].mean() < 0.2
+    # the same module and formula: only the last gate bias differs, and the output follows it
+    out, w, _ = reference(biased, x, noisy, t)
+    assert torch.allclose(biased(x, noisy, t), out, atol=1e-5) and torch.allclose(biased.last_gate_weights, w, atol=1e-6)
+    diff = [n for (n, a), (_, b) in zip(plain.state_dict().items(), biased.state_dict().items()) if not torch.equal(a, b)]
+    assert diff == ["gating.gate.2.bias"]
+    with pytest.raises(ValueError, match="gate_global_prior"):
+        MoGLE(gate_global_prior=1.0)

@@ -62,6 +62,9 @@ class ModelConfig:
     # [0,1000]. 1.0 is the consistent choice; 1000.0 reproduces the official sampler.
     gate_timestep_scale: float = 1.0
     global_map: str = "official"  # "official": label/255 grey map; "palette": coloured classes
+    # Initial gate weight of the global expert (0 = the official initialisation, about 1/20);
+    # only the starting point of training: weights files do not depend on it.
+    gate_global_prior: float = 0.0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -269,6 +272,8 @@ def validate(cfg: Config) -> None:
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
     _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
+    if not 0.0 <= cfg.model.gate_global_prior < 1.0:
+        raise ConfigError(f"config key 'model.gate_global_prior' must be in [0, 1), got {cfg.model.gate_global_prior}")
     if cfg.model.num_experts < 2:
         raise ConfigError(f"config key 'model.num_experts' must be >= 2, got {cfg.model.num_experts}")
     for key in ("data.drop_text_prob", "data.drop_image_prob"):

@@ -34,7 +34,7 @@ class FaceMoGLE(nn.Module):
         self.mogle = MoGLE(
             num_experts=cfg.num_experts, input_dim=latent_dim, hidden_dim=cfg.expert_hidden_dim,
             output_dim=latent_dim, has_expert=cfg.has_expert, has_gating=cfg.has_gating,
-            scalar_gating=cfg.scalar_gating, experts=cfg.experts,
+            scalar_gating=cfg.scalar_gating, experts=cfg.experts, gate_global_prior=cfg.gate_global_prior,
         )
         self.options = StreamOptions(latent_lora=cfg.latent_lora, union_cond_attn=cfg.union_cond_attn)
 

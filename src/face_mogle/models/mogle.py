@@ -7,6 +7,8 @@ Parameter names follow the official module so released `mogle.pt` files load as 
 
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 from typing import Optional
@@ -33,13 +35,20 @@ class Expert(nn.Module):
 class DynamicGate(nn.Module):
     """Softmax weights over the experts per token, from the global map, noisy latent and time."""
 
-    def __init__(self, dim: int, num_experts: int):
+    def __init__(self, dim: int, num_experts: int, global_prior: float = 0.0):
         super().__init__()
         # Sinusoidal features, cos first, no frequency shift (as the official gate).
         self.time_proj = Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.timestep_embedding = TimestepEmbedding(dim, dim)
         self.noise_proj = nn.Linear(dim, dim)
         self.gate = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, num_experts))
+        if global_prior > 0:
+            # Start with about `global_prior` of every token's weight on the global expert: a
+            # freshly initialised gate spreads it 1/E per expert, mostly over empty local maps,
+            # and a small model then learns to ignore the mask before it learns to read it.
+            with torch.no_grad():
+                self.gate[2].bias.zero_()
+                self.gate[2].bias[0] = math.log(global_prior * (num_experts - 1) / (1 - global_prior))
 
     def forward(self, global_map: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor,
                 active: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -70,8 +79,11 @@ class MoGLE(nn.Module):
         has_gating: bool = True,
         scalar_gating: bool = False,
         experts: str = "all",
+        gate_global_prior: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= gate_global_prior < 1.0:
+            raise ValueError(f"gate_global_prior must be in [0, 1), got {gate_global_prior}")
         if experts not in ("all", "global", "local"):
             raise ValueError(f"experts must be 'all', 'global' or 'local', got {experts!r}")
         if has_expert:
@@ -83,7 +95,7 @@ class MoGLE(nn.Module):
         self.num_experts = num_experts
         self.global_expert = make()
         self.local_experts = nn.ModuleList(make() for _ in range(num_experts - 1))
-        self.gating = DynamicGate(input_dim, num_experts) if has_gating else None
+        self.gating = DynamicGate(input_dim, num_experts, gate_global_prior) if has_gating else None
         self.scalar_gating = scalar_gating
         # Ablation: use only the global expert, or only the local ones (all parameters still exist,
         # so weight files keep the official layout). Not a parameter: never saved.

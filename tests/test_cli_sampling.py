@@ -197,8 +197,9 @@ def test_inference_without_arguments_runs_the_demo():
         pytest.skip("checkpoints/face-mogle-tiny/ is not shipped yet")
     res = run_cli(ROOT / "inference.py")
     assert res.returncode == 0, res.stderr
-    assert Image.open(ROOT / "outputs" / "inference.png").size[0] > 0
-    assert (ROOT / "outputs" / "inference.json").is_file()
+    assert Image.open(ROOT / "outputs" / "inference.png").size == (128, 128)
+    record = json.loads((ROOT / "outputs" / "inference.json").read_text())
+    assert record["mode"] == "mask+text" and record["prompt"] == (ROOT / "assets/examples/prompt.txt").read_text().strip()
 
 
 def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811

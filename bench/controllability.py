@@ -26,50 +26,44 @@ from pathlib import Path
 
 import numpy as np
 
-ATTRIBUTES = ("hair_color", "eye_color", "lip_color", "skin_tone", "cloth_color", "background_color")
-
-
-def score(root: Path, ids: list[int], images: list[np.ndarray], masks: list[np.ndarray], start: float) -> dict:
-    """Parse each image [S, S, 3] uint8 and score it against its mask and its first caption's colours."""
-    from face_mogle.data.dataset import read_captions
-    from face_mogle.data.synthetic import attributes, mean_iou, parse
-
-    truth = json.loads((root / "attributes.json").read_text())
-    captions = read_captions(root, ids)
-    parsed_all = []
-    right = {k: 0 for k in ATTRIBUTES}
-    total = {k: 0 for k in ATTRIBUTES}
-    for i, arr, labels in zip(ids, images, masks):
-        parsed = parse(arr)
-        parsed_all.append(parsed)
-        got = attributes(arr, parsed)
-        for k in ATTRIBUTES:
-            want = truth[str(i)].get(k)
-            # lip colour is judged only where the caption names it
-            if want is not None and (k != "lip_color" or " lip" in captions[i][0]):
-                total[k] += 1
-                right[k] += int(got.get(k) == want)
-    n_attr = sum(total.values())
-    return {
-        "miou": mean_iou(parsed_all, masks),
-        "pixel_accuracy": float(np.mean([(a == b).mean() for a, b in zip(parsed_all, masks)])),
-        "attribute_accuracy": sum(right.values()) / n_attr if n_attr else float("nan"),
-        "per_attribute": {k: right[k] / total[k] for k in ATTRIBUTES if total[k]},
-        "images": len(ids),
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def load_truth(root: Path, ids: list[int], size: int):
+def load_truth(root: Path, ids: list[int], size: int) -> dict:
+    """Each id's first caption, label map (at `size`) and true colours."""
     from face_mogle.data.dataset import read_captions
     from face_mogle.data.masks import load_label_map
 
     captions = read_captions(root, ids)
-    return [captions[i][0] for i in ids], [load_label_map(root / "mask" / f"{i}.png", size) for i in ids]
+    colors = json.loads((root / "attributes.json").read_text())
+    return {"prompts": [captions[i][0] for i in ids],
+            "masks": [load_label_map(root / "mask" / f"{i}.png", size) for i in ids],
+            "colors": [colors[str(i)] for i in ids]}
+
+
+def score(truth: dict, images: list[np.ndarray], start: float) -> dict:
+    """Parse each image [S, S, 3] uint8 and score it against its mask and its caption's colours."""
+    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
+
+    parsed_all = [parse(arr) for arr in images]
+    right = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
+    total = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
+    for arr, parsed, colors, prompt in zip(images, parsed_all, truth["colors"], truth["prompts"]):
+        for k, hit in caption_color_hits(arr, parsed, colors, prompt).items():
+            total[k] += 1
+            right[k] += int(hit)
+    n_attr = sum(total.values())
+    masks = truth["masks"]
+    return {
+        "miou": mean_iou(parsed_all, masks),
+        "pixel_accuracy": float(np.mean([(a == b).mean() for a, b in zip(parsed_all, masks)])),
+        "attribute_accuracy": sum(right.values()) / n_attr if n_attr else float("nan"),
+        "per_attribute": {k: right[k] / total[k] for k in CAPTION_COLOR_KEYS if total[k]},
+        "images": len(images),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, batch_size: int, seed: int) -> dict:
-    prompts, masks = load_truth(root, ids, pipe.cfg.sample.size)
+    truth = load_truth(root, ids, pipe.cfg.sample.size)
+    prompts, masks = truth["prompts"], truth["masks"]
     seeds = [seed * 1_000_003 + i for i in ids]
     results = {}
     for mode in modes:
@@ -79,7 +73,7 @@ def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, bat
             masks if mode != "text" else [None] * len(ids),
             seeds=seeds, steps=steps, batch_size=batch_size,
         ).images
-        results[mode] = score(root, ids, [np.asarray(im.convert("RGB")) for im in images], masks, start)
+        results[mode] = score(truth, [np.asarray(im.convert("RGB")) for im in images], start)
     return results
 
 
@@ -93,7 +87,7 @@ def reference_rows(pipe, root: Path, ids: list[int], batch_size: int) -> dict:
     from face_mogle.encoding import decode_tokens, encode_images
 
     size, vae = pipe.cfg.sample.size, pipe.backbone.vae
-    _, masks = load_truth(root, ids, size)
+    truth = load_truth(root, ids, size)
     faces = [np.asarray(Image.open(root / "face" / f"{i}.jpg").convert("RGB").resize((size, size), Image.BICUBIC))
              for i in ids]
 
@@ -115,7 +109,7 @@ def reference_rows(pipe, root: Path, ids: list[int], batch_size: int) -> dict:
     for name, degrade in (("VAE round trip", through_vae), ("2× down/up", lambda: resampled(2)),
                           ("4× down/up", lambda: resampled(4))):
         start = time.perf_counter()
-        rows[name] = score(root, ids, degrade(), masks, start)
+        rows[name] = score(truth, degrade(), start)
     return rows
 
 
@@ -136,6 +130,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from face_mogle.data.dataset import read_split
+    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS as ATTRIBUTES
     from face_mogle.pipeline import FaceMoGLEPipeline
 
     root = Path(args.root)

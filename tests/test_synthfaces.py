@@ -204,3 +204,14 @@ def test_captions_never_name_invisible_attributes(size):
         assert not any("None" in c for c in sample.captions), sample.captions
         if sample.attributes["lip_color"] is None:
             assert not any(" lips" in c or "lipstick" in c for c in sample.captions)
+
+
+def test_caption_color_hits_judge_only_what_the_caption_names():
+    from face_mogle.data.synthetic import caption_color_hits, parse, render
+
+    s = render((0, 3), 128)  # bald: no hair colour to judge; pink lips
+    labels = parse(s.image)
+    hits = caption_color_hits(s.image, labels, s.attributes, "He is bald, with pink lips.")
+    assert hits == {k: True for k in ("eye_color", "lip_color", "skin_tone", "cloth_color", "background_color")}
+    assert "lip_color" not in caption_color_hits(s.image, labels, s.attributes, "He is bald.")
+    assert caption_color_hits(s.image, labels, dict(s.attributes, skin_tone="light"), "x")["skin_tone"] is False

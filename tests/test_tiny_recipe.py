@@ -47,17 +47,19 @@ def test_controllability_scorer_is_exact_on_real_faces(faces):
     from PIL import Image
 
     bench = load_bench()
+    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS
+
     ids = [6, 7, 8, 9]
-    prompts, masks = bench.load_truth(faces, ids, 64)
+    truth = bench.load_truth(faces, ids, 64)
     real = [np.asarray(Image.open(faces / "face" / f"{i}.jpg").convert("RGB")) for i in ids]
-    perfect = bench.score(faces, ids, real, masks, 0.0)
+    perfect = bench.score(truth, real, 0.0)
     assert perfect["miou"] > 0.98 and perfect["attribute_accuracy"] == 1.0
-    assert set(perfect["per_attribute"]) <= set(bench.ATTRIBUTES) and "hair_color" in perfect["per_attribute"]
+    assert set(perfect["per_attribute"]) <= set(CAPTION_COLOR_KEYS) and "hair_color" in perfect["per_attribute"]
     # each face scored against another face's mask and colours loses on both counts
-    swapped = bench.score(faces, ids, real[1:] + real[:1], masks, 0.0)
+    swapped = bench.score(truth, real[1:] + real[:1], 0.0)
     assert swapped["miou"] < perfect["miou"] - 0.2
     assert swapped["attribute_accuracy"] < 1.0
-    assert prompts == [json.loads((faces / "text.json").read_text())[f"{i}.jpg"][0] for i in ids]
+    assert truth["prompts"] == [json.loads((faces / "text.json").read_text())[f"{i}.jpg"][0] for i in ids]
 
 
 def test_controllability_bench_runs_on_a_run_folder(faces, tiny_run):

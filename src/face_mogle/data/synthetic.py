@@ -699,6 +699,19 @@ def attributes(image, labels) -> dict:
     return out
 
 
+# The colours a caption-following score judges (hat colour is rare and left out).
+CAPTION_COLOR_KEYS = ("hair_color", "eye_color", "lip_color", "skin_tone", "cloth_color", "background_color")
+
+
+def caption_color_hits(image, labels, truth: dict, caption: str) -> dict:
+    """Which of the caption's colours a generated face shows: {key: read-back colour == truth[key]}
+    for each key of CAPTION_COLOR_KEYS that the face has (truth not None); lip colour only where the
+    caption names the lips. `labels` is the face's parse."""
+    got = attributes(image, labels)
+    return {k: got.get(k) == truth[k] for k in CAPTION_COLOR_KEYS
+            if truth.get(k) is not None and (k != "lip_color" or " lip" in caption)}
+
+
 def mean_iou(preds, targets, num_classes: int = NUM_CLASSES) -> float:
     """mIoU over a set of label maps: per-class IoU from the summed confusion, averaged over the
     classes that occur in the targets or the predictions."""

@@ -12,7 +12,9 @@ parses the generated face back with the exact SynthFaces parser:
 Several `--runs` (e.g. ablations trained on the same budget) give one table row each. Reference rows
 score the real held-out faces passed through the run's VAE (encode → decode: the ceiling the
 autoencoder puts on any generated face) and through a 2× / 4× down-and-up resampling (what a little
-blur costs under the exact parser).
+blur costs under the exact parser). A second table says which conditions a run relies on: its
+training loss on the same faces with their own mask and caption, and with captions or masks swapped
+between faces (a prompt the model ignores costs nothing when swapped).
 """
 
 from __future__ import annotations
@@ -75,6 +77,56 @@ def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, bat
         ).images
         results[mode] = score(truth, [np.asarray(im.convert("RGB")) for im in images], start)
     return results
+
+
+def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_grid=(0.2, 0.4, 0.6, 0.8)) -> dict:
+    """Does the model use each condition? Its training loss (rectified flow, the same fixed noise and
+    timesteps `t_grid`) on held-out faces with their own mask and caption, then with each face given
+    another face's caption, then another face's mask. A model that ignores the prompt loses nothing
+    when the captions are swapped. Faces swap within batches, split evenly so that none holds a
+    single face (with one id in all, nothing can be swapped)."""
+    import torch
+    from PIL import Image
+
+    from face_mogle.data.batch import encode_batch
+    from face_mogle.encoding import image_ids, text_ids
+    from face_mogle.labels import NUM_CLASSES
+    from face_mogle.training.objective import flow_matching_loss, noisy_and_target
+
+    size, model, device, dtype = pipe.cfg.sample.size, pipe.model, pipe.device, pipe.dtype
+    truth = load_truth(root, ids, size)
+    img_ids = image_ids(size, pipe.token_pixels, device=device, dtype=dtype)
+    totals = {"own conditions": 0.0, "captions swapped": 0.0, "masks swapped": 0.0}
+    start = time.perf_counter()
+    n_chunks = max(1, min(-(-len(ids) // batch_size), len(ids) // 2))  # every chunk holds >= 2 faces
+    for chunk in np.array_split(np.arange(len(ids)), n_chunks):
+        faces = [np.asarray(Image.open(root / "face" / f"{ids[j]}.jpg").convert("RGB").resize((size, size), Image.BICUBIC))
+                 for j in chunk]
+        batch = {"image": torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(255),
+                 "labels": torch.from_numpy(np.stack([truth["masks"][j] for j in chunk])).long(),
+                 "drop_maps": torch.zeros(len(chunk), NUM_CLASSES, dtype=torch.bool),
+                 "caption": [truth["prompts"][j] for j in chunk]}
+        with torch.inference_mode():
+            inp = encode_batch(batch, pipe.backbone, pipe.cfg, sample=False)  # posterior means: no draws
+            x0 = inp["x0"].float()
+            masks = inp["mask_latents"].to(next(model.mogle.parameters()).dtype)
+            t5, pooled = inp["prompt_embeds"].to(dtype), inp["pooled_embeds"].to(dtype)
+            txt_ids = text_ids(t5.shape[1], device=device, dtype=dtype)
+            noise = torch.cat([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed * 1_000_003 + ids[j]))[None]
+                               for j in chunk]).to(device)
+            guidance = torch.ones(len(chunk), device=device) if pipe.backbone.transformer.config.guidance_embeds else None
+            variants = {"own conditions": (masks, t5, pooled),
+                        "captions swapped": (masks, t5.roll(1, 0), pooled.roll(1, 0)),
+                        "masks swapped": (masks.roll(1, 0), t5, pooled)}
+            for t_value in t_grid:
+                t = torch.full((len(chunk),), t_value, device=device)
+                x_t, target = noisy_and_target(x0, t, noise)
+                for name, (m, e, p) in variants.items():
+                    pred = model(x_t.to(dtype), t, m, e, p, txt_ids, img_ids, guidance)
+                    totals[name] += flow_matching_loss(pred, target).item() * len(chunk) / len(t_grid)
+    out = {name: total / len(ids) for name, total in totals.items()}
+    out["images"], out["seconds"] = len(ids), time.perf_counter() - start
+    return out
 
 
 def reference_rows(pipe, root: Path, ids: list[int], batch_size: int) -> dict:
@@ -140,12 +192,13 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("mask+text", "mask", "text") for m in modes):
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
-    table = {}
+    table, reliances = {}, {}
     for run in args.runs or [args.run]:
         pipe = FaceMoGLEPipeline.from_run(run, device=args.device)
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)
         table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed)
+        reliances[run] = reliance(pipe, root, ids, args.batch_size, args.seed)
     print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser\n")
     print("| run | mode | mask mIoU | pixel acc. | attribute acc. | " + " | ".join(a.replace("_color", "").replace("_tone", "")
                                                                       for a in ATTRIBUTES) + " |")
@@ -155,8 +208,16 @@ def main() -> int:
             per = " | ".join(f"{r['per_attribute'].get(a, float('nan')):.2f}" for a in ATTRIBUTES)
             print(f"| {Path(run).name} | {mode} | {r['miou']:.3f} | {r['pixel_accuracy']:.3f} | "
                   f"{r['attribute_accuracy']:.3f} | {per} |")
+    print("\nTraining loss on the same faces with their own conditions, and with captions or masks swapped "
+          "between faces (+% = how much the model relies on that condition)\n")
+    print("| run | own conditions | captions swapped | masks swapped |\n|---|---:|---:|---:|")
+    for run, r in reliances.items():
+        own = r["own conditions"]
+        print(f"| {Path(run).name} | {own:.4f} | {r['captions swapped']:.4f} ({100 * (r['captions swapped'] / own - 1):+.1f}%) | "
+              f"{r['masks swapped']:.4f} ({100 * (r['masks swapped'] / own - 1):+.1f}%) |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"ids": len(ids), "root": str(root), "results": table}, indent=1))
+        Path(args.out).write_text(json.dumps({"ids": len(ids), "root": str(root), "results": table,
+                                              "reliance": reliances}, indent=1))
     return 0
 
 

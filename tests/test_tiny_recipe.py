@@ -75,3 +75,54 @@ def test_controllability_bench_runs_on_a_run_folder(faces, tiny_run):
     res = bench.evaluate(pipe, faces, ids, ["mask+text", "text"], steps=2, batch_size=2, seed=0)
     for mode in ("mask+text", "text"):
         assert res[mode]["images"] == 2 and 0.0 <= res[mode]["miou"] <= 1.0
+
+
+def test_reliance_swaps_conditions_between_faces(faces, tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from face_mogle.pipeline import FaceMoGLEPipeline
+
+    class ReadsBoth(torch.nn.Module):
+        """A stand-in model whose prediction moves with the global mask map, the T5 sequence and the
+        pooled CLIP vector (a real tiny model reads them too weakly for a sharp test)."""
+
+        def __init__(self):
+            super().__init__()
+            self.mogle = torch.nn.Linear(1, 1)  # the bench casts mask latents to MoGLE's dtype
+
+        def forward(self, x_t, t, masks, t5, pooled, txt_ids, img_ids, guidance):
+            return masks[:, 0] + t5[:, :, :1].mean(1, keepdim=True) + pooled[:, None, :1]
+
+    bench = load_bench()
+    pipe = FaceMoGLEPipeline.from_run(tiny_run, device="cpu")
+    pipe.model = ReadsBoth()
+    ids = [6, 7, 8]
+
+    def per_face(root):
+        return [bench.reliance(pipe, root, [i], batch_size=4, seed=0, t_grid=(0.3, 0.7)) for i in ids]
+
+    one = per_face(faces)
+    # a lone face has no other face to swap with: all three losses are its own
+    assert one[0]["own conditions"] == one[0]["captions swapped"] == one[0]["masks swapped"] > 0
+    # 3 faces in batches of 2 → one batch of 3 (never a lone face); noise is fixed per face, so the
+    # own-condition loss is the mean of the single-face ones
+    three = bench.reliance(pipe, faces, ids, batch_size=2, seed=0, t_grid=(0.3, 0.7))
+    assert three["images"] == 3
+    assert three["own conditions"] == pytest.approx(np.mean([r["own conditions"] for r in one]), rel=1e-5)
+    # reference: a copy of the data where each face has the previous face's mask (or first caption)
+    # scores, with its own conditions, what the bench scores with swapped ones
+    for kind, swapped in (("mask", "masks swapped"), ("text", "captions swapped")):
+        root = tmp_path / kind
+        shutil.copytree(faces, root)
+        if kind == "mask":
+            for k, i in enumerate(ids):
+                shutil.copy(faces / "mask" / f"{ids[k - 1]}.png", root / "mask" / f"{i}.png")
+        else:
+            text = json.loads((faces / "text.json").read_text())
+            text.update({f"{i}.jpg": text[f"{ids[k - 1]}.jpg"] for k, i in enumerate(ids)})
+            (root / "text.json").write_text(json.dumps(text))
+        reference = np.mean([r["own conditions"] for r in per_face(root)])
+        assert three[swapped] == pytest.approx(reference, rel=1e-5)
+        assert abs(three[swapped] / three["own conditions"] - 1) > 1e-4  # float32 error is ~1e-7

@@ -86,9 +86,9 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     when the captions are swapped. Faces swap within batches, split evenly so that none holds a
     single face (with one id in all, nothing can be swapped)."""
     import torch
-    from PIL import Image
 
     from face_mogle.data.batch import encode_batch
+    from face_mogle.data.dataset import load_face
     from face_mogle.encoding import image_ids, text_ids
     from face_mogle.labels import NUM_CLASSES
     from face_mogle.training.objective import flow_matching_loss, noisy_and_target
@@ -100,9 +100,7 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     start = time.perf_counter()
     n_chunks = max(1, min(-(-len(ids) // batch_size), len(ids) // 2))  # every chunk holds >= 2 faces
     for chunk in np.array_split(np.arange(len(ids)), n_chunks):
-        faces = [np.asarray(Image.open(root / "face" / f"{ids[j]}.jpg").convert("RGB").resize((size, size), Image.BICUBIC))
-                 for j in chunk]
-        batch = {"image": torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(255),
+        batch = {"image": torch.stack([load_face(root / "face" / f"{ids[j]}.jpg", size) for j in chunk]),
                  "labels": torch.from_numpy(np.stack([truth["masks"][j] for j in chunk])).long(),
                  "drop_maps": torch.zeros(len(chunk), NUM_CLASSES, dtype=torch.bool),
                  "caption": [truth["prompts"][j] for j in chunk]}
@@ -136,17 +134,18 @@ def reference_rows(pipe, root: Path, ids: list[int], batch_size: int) -> dict:
     import torch
     from PIL import Image
 
+    from face_mogle.data.dataset import load_face
     from face_mogle.encoding import decode_tokens, encode_images
 
     size, vae = pipe.cfg.sample.size, pipe.backbone.vae
     truth = load_truth(root, ids, size)
-    faces = [np.asarray(Image.open(root / "face" / f"{i}.jpg").convert("RGB").resize((size, size), Image.BICUBIC))
-             for i in ids]
+    pixels = [load_face(root / "face" / f"{i}.jpg", size) for i in ids]  # [3, S, S] in [0, 1]
+    faces = [(p * 255).round().byte().permute(1, 2, 0).numpy() for p in pixels]
 
     def through_vae():
         out = []
         for k in range(0, len(faces), batch_size):
-            x = torch.from_numpy(np.stack(faces[k : k + batch_size])).permute(0, 3, 1, 2).float().div(255)
+            x = torch.stack(pixels[k : k + batch_size])
             with torch.no_grad():
                 y = decode_tokens(vae, encode_images(vae, x.to(pipe.device, next(vae.parameters()).dtype)), size,
                                   pipe.backbone.vae_scale_factor)

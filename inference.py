@@ -1,6 +1,7 @@
 """One face from a prompt and a mask with a trained Face-MoGLE run.
 
     python inference.py --run runs/face-mogle --prompt "She has blond hair." --mask mask.png --output face.png
+    python inference.py --prompt "A man with red hair." --mask mask.png   # the shipped tiny model
     python inference.py          # the shipped tiny model on the shipped example
 
 Writes the image (atomically), OUTPUT.json with every setting used, and with --gates
@@ -29,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 DEMO_RUN = HERE / "checkpoints" / "face-mogle-tiny"
 DEMO_MASK = HERE / "assets" / "examples" / "mask.png"
 DEMO_PROMPT = HERE / "assets" / "examples" / "prompt.txt"
-DEMO_OUTPUT = HERE / "outputs" / "inference.png"
+DEMO_OUTPUT = Path("outputs") / "inference.png"  # under the current folder, as every other output
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 RUN_FILES = ("config.yaml", "pytorch_lora_weights.safetensors")
 
@@ -44,7 +45,8 @@ def parse_args(argv):
         "With no arguments at all: the shipped tiny model (checkpoints/face-mogle-tiny/) on the shipped "
         "example (assets/examples/), written to outputs/inference.png.",
     )
-    p.add_argument("--run", help="run folder: config.yaml, pytorch_lora_weights.safetensors, mogle.safetensors (or mogle.pt)")
+    p.add_argument("--run", help="run folder: config.yaml, pytorch_lora_weights.safetensors, mogle.safetensors (or mogle.pt); "
+                   "default: the shipped tiny model, checkpoints/face-mogle-tiny/")
     p.add_argument("--prompt", default=None, help="text prompt; \"\" or leaving it out with --mask = mask-only mode")
     p.add_argument("--mask", default=None, help="label-map PNG (values 0..18, or coloured with the CelebAMask-HQ palette); leaving it out = text-only mode")
     p.add_argument("--output", default="outputs/inference.png", help="image to write (.png, .jpg or .webp); OUTPUT.json beside it records the settings")
@@ -77,7 +79,10 @@ def demo_args(argv):
 def check_inputs(args) -> None:
     """Everything that can be checked before loading a model."""
     if not args.run:
-        raise UsageError("--run is required (a run folder with config.yaml and the weights); run with no arguments for the demo")
+        if not (DEMO_RUN / "config.yaml").is_file():
+            raise UsageError(f"no --run given and the shipped tiny model {DEMO_RUN} is missing: pass --run RUN "
+                             "(a run folder with config.yaml and the weights)")
+        args.run = str(DEMO_RUN)
     run = Path(args.run)
     if not run.is_dir():
         raise UsageError(f"run folder not found: {run}")

@@ -14,7 +14,10 @@ score the real held-out faces passed through the run's VAE (encode → decode: t
 autoencoder puts on any generated face) and through a 2× / 4× down-and-up resampling (what a little
 blur costs under the exact parser). A second table says which conditions a run relies on: its
 training loss on the same faces with their own mask and caption, and with captions or masks swapped
-between faces (a prompt the model ignores costs nothing when swapped).
+between faces (a prompt the model ignores costs nothing when swapped), over t in {0.2 … 0.8} and
+apart at high noise (t in {0.9, 0.95, 0.99}), where the caption decides colours. A third table
+samples text-only faces under one seed with a colour word swapped through its colours (background,
+hair, shirt): how often the asked colour appears, and how many distinct colours one seed gives.
 """
 
 from __future__ import annotations
@@ -79,12 +82,17 @@ def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, bat
     return results
 
 
-def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_grid=(0.2, 0.4, 0.6, 0.8)) -> dict:
+RELIANCE_T = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
+HIGH_NOISE = 0.9  # the caption decides colours at high noise: reported apart, or the mean hides it
+
+
+def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_grid=RELIANCE_T) -> dict:
     """Does the model use each condition? Its training loss (rectified flow, the same fixed noise and
     timesteps `t_grid`) on held-out faces with their own mask and caption, then with each face given
     another face's caption, then another face's mask. A model that ignores the prompt loses nothing
     when the captions are swapped. Faces swap within batches, split evenly so that none holds a
-    single face (with one id in all, nothing can be swapped)."""
+    single face (with one id in all, nothing can be swapped). Returns the means over the grid, and
+    `by_t` (each t) and `high_noise` (t >= 0.9) where the grid has them."""
     import torch
 
     from face_mogle.data.batch import encode_batch
@@ -96,7 +104,8 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     size, model, device, dtype = pipe.cfg.sample.size, pipe.model, pipe.device, pipe.dtype
     truth = load_truth(root, ids, size)
     img_ids = image_ids(size, pipe.token_pixels, device=device, dtype=dtype)
-    totals = {"own conditions": 0.0, "captions swapped": 0.0, "masks swapped": 0.0}
+    names = ("own conditions", "captions swapped", "masks swapped")
+    by_t = {t: dict.fromkeys(names, 0.0) for t in t_grid}
     start = time.perf_counter()
     n_chunks = max(1, min(-(-len(ids) // batch_size), len(ids) // 2))  # every chunk holds >= 2 faces
     for chunk in np.array_split(np.arange(len(ids)), n_chunks):
@@ -121,9 +130,62 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
                 x_t, target = noisy_and_target(x0, t, noise)
                 for name, (m, e, p) in variants.items():
                     pred = model(x_t.to(dtype), t, m, e, p, txt_ids, img_ids, guidance)
-                    totals[name] += flow_matching_loss(pred, target).item() * len(chunk) / len(t_grid)
-    out = {name: total / len(ids) for name, total in totals.items()}
+                    by_t[t_value][name] += flow_matching_loss(pred, target).item() * len(chunk) / len(ids)
+    out = {name: float(np.mean([by_t[t][name] for t in t_grid])) for name in names}
+    high = [t for t in t_grid if t >= HIGH_NOISE]
+    if high:
+        out["high_noise"] = {name: float(np.mean([by_t[t][name] for t in high])) for name in names}
+    out["by_t"] = {str(t): v for t, v in by_t.items()}
     out["images"], out["seconds"] = len(ids), time.perf_counter() - start
+    return out
+
+
+def recolor(caption: str, key: str, color: str) -> str | None:
+    """The caption with the colour word of attribute `key` (e.g. background_color) replaced by
+    `color`, or None when the caption does not name that attribute."""
+    import re
+
+    from face_mogle.training.text_encoders import word_tags
+
+    spans = list(re.finditer(r"\w+|[^\w\s]+", caption))
+    tags = word_tags([m.group().lower() for m in spans])
+    for m, tag in zip(spans, tags):
+        if tag.startswith(key + ":") and m.group().lower() == tag.split(":")[1]:
+            return caption[: m.start()] + color + caption[m.end():]
+    return None
+
+
+SWAP_KEYS = ("background_color", "hair_color", "cloth_color")
+
+
+def prompt_swap(pipe, root: Path, ids: list[int], steps: int, batch_size: int, seed: int, keys=SWAP_KEYS) -> dict:
+    """Text-only samples under the same seed with one colour word swapped through every colour of its
+    attribute (each face's first caption; the background, hair and shirt colours). Per attribute:
+    accuracy (the colour read off the face is the one asked for) and the mean number of distinct
+    colours one seed gives over the swaps (1 = the prompt is ignored; all = each word obeyed)."""
+    from face_mogle.data.synthetic import ATTRIBUTE_SOURCES, attributes, parse
+
+    truth = load_truth(root, ids, pipe.cfg.sample.size)
+    out = {}
+    for key in keys:
+        colors = list(ATTRIBUTE_SOURCES[key][1])
+        jobs = [(i, c, recolor(caption, key, c)) for i, caption in zip(ids, truth["prompts"]) for c in colors]
+        jobs = [j for j in jobs if j[2] is not None]
+        if not jobs:
+            continue
+        start = time.perf_counter()
+        images = pipe([j[2] for j in jobs], [None] * len(jobs), seeds=[seed * 1_000_003 + j[0] for j in jobs],
+                      steps=steps, batch_size=batch_size).images
+        seen: dict[int, set] = {}
+        right = 0
+        for (i, c, _), im in zip(jobs, images):
+            arr = np.asarray(im.convert("RGB"))
+            got = attributes(arr, parse(arr))[key]
+            right += int(got == c)
+            seen.setdefault(i, set()).add(got)
+        out[key] = {"accuracy": right / len(jobs), "distinct": float(np.mean([len(v) for v in seen.values()])),
+                    "colors": len(colors), "faces": len(seen), "images": len(jobs),
+                    "seconds": time.perf_counter() - start}
     return out
 
 
@@ -175,6 +237,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--swap_num", type=int, default=40,
+                   help="faces for the text-only prompt-swap test (each sampled once per colour; 0 skips it)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", help="write all figures as JSON here")
     args = p.parse_args()
@@ -191,13 +255,15 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("mask+text", "mask", "text") for m in modes):
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
-    table, reliances = {}, {}
+    table, reliances, swaps = {}, {}, {}
     for run in args.runs or [args.run]:
         pipe = FaceMoGLEPipeline.from_run(run, device=args.device)
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)
         table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed)
         reliances[run] = reliance(pipe, root, ids, args.batch_size, args.seed)
+        if args.swap_num > 0:
+            swaps[run] = prompt_swap(pipe, root, ids[: args.swap_num], args.steps, args.batch_size, args.seed)
     print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser\n")
     print("| run | mode | mask mIoU | pixel acc. | attribute acc. | " + " | ".join(a.replace("_color", "").replace("_tone", "")
                                                                       for a in ATTRIBUTES) + " |")
@@ -209,14 +275,26 @@ def main() -> int:
                   f"{r['attribute_accuracy']:.3f} | {per} |")
     print("\nTraining loss on the same faces with their own conditions, and with captions or masks swapped "
           "between faces (+% = how much the model relies on that condition)\n")
-    print("| run | own conditions | captions swapped | masks swapped |\n|---|---:|---:|---:|")
+    print(f"| run | t | own conditions | captions swapped | masks swapped |\n|---|---|---:|---:|---:|")
     for run, r in reliances.items():
-        own = r["own conditions"]
-        print(f"| {Path(run).name} | {own:.4f} | {r['captions swapped']:.4f} ({100 * (r['captions swapped'] / own - 1):+.1f}%) | "
-              f"{r['masks swapped']:.4f} ({100 * (r['masks swapped'] / own - 1):+.1f}%) |")
+        for label, row in (("all", r), (f">= {HIGH_NOISE}", r.get("high_noise"))):
+            if row is None:
+                continue
+            own = row["own conditions"]
+            print(f"| {Path(run).name} | {label} | {own:.4f} | {row['captions swapped']:.4f} "
+                  f"({100 * (row['captions swapped'] / own - 1):+.1f}%) | "
+                  f"{row['masks swapped']:.4f} ({100 * (row['masks swapped'] / own - 1):+.1f}%) |")
+    if swaps:
+        print("\nText only, one seed per face, one colour word swapped through its colours: accuracy, and distinct "
+              "colours per seed (1 = prompt ignored)\n")
+        print("| run | attribute | faces | accuracy | distinct / colours |\n|---|---|---:|---:|---:|")
+        for run, res in swaps.items():
+            for key, r in res.items():
+                print(f"| {Path(run).name} | {key.replace('_color', '')} | {r['faces']} | {r['accuracy']:.3f} | "
+                      f"{r['distinct']:.2f} / {r['colors']} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"ids": len(ids), "root": str(root), "results": table,
-                                              "reliance": reliances}, indent=1))
+                                              "reliance": reliances, "prompt_swap": swaps}, indent=1))
     return 0
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the shipped tiny Face-MoGLE (checkpoints/face-mogle-tiny/) with the project's own scripts:
-#   SynthFaces → (1) a small 16-channel VAE → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
-# Runs on a CPU (about 1.5 hours on 2 cores) or a GPU. Extra arguments go to every train.py call.
+#   SynthFaces → (1) a small 16-channel VAE → (1b) text encoders pre-trained to bind words to
+#   attributes → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
+# Runs on a CPU (about 2.5 hours on 2 cores) or a GPU. Extra arguments go to every train.py call.
+# Each stage writes its own folder under checkpoints/tiny-stages/; re-running skips finished stages
+# and resumes the DiT stages from their latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGES=checkpoints/tiny-stages
@@ -13,7 +16,14 @@ fi
 
 # (1) VAE → a whole FLUX-layout backbone folder (random tiny transformer and text encoders)
 if [[ ! -f "$STAGES/backbone-vae/model_index.json" ]]; then
-    python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 1500 --batch_size 16
+    python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 3000 --batch_size 16
+fi
+
+# (1b) text encoders: T5 tags each colour word with the part it describes, CLIP's pooled vector names
+# every colour (FLUX reads the caption as a bag of T5 vectors: the binding must be in them)
+if [[ ! -f "$STAGES/backbone-text/model_index.json" ]]; then
+    python -m face_mogle.training.text_encoders --data "$DATA" --backbone "$STAGES/backbone-vae" \
+        --out "$STAGES/backbone-text" --steps 1500
 fi
 
 # (2) base DiT: full training of the transformer as plain text-to-image
@@ -21,7 +31,7 @@ BASE_RUN="$STAGES/runs/tiny-demo-base"
 if [[ -d "$BASE_RUN/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
 python train.py --config configs/tiny-demo-base.yaml "${RESUME[@]}" "$@"
 rm -rf "$STAGES/backbone-base.tmp"
-cp -r "$STAGES/backbone-vae" "$STAGES/backbone-base.tmp"
+cp -r "$STAGES/backbone-text" "$STAGES/backbone-base.tmp"
 rm -rf "$STAGES/backbone-base.tmp/transformer"
 cp -r "$BASE_RUN/transformer" "$STAGES/backbone-base.tmp/transformer"
 rm -rf "$STAGES/backbone-base" && mv "$STAGES/backbone-base.tmp" "$STAGES/backbone-base"

@@ -192,14 +192,22 @@ def test_inference_without_arguments_needs_the_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_inference_without_arguments_runs_the_demo():
+def test_inference_without_arguments_runs_the_demo(tmp_path):
     if not (ROOT / "checkpoints" / "face-mogle-tiny" / "config.yaml").is_file():
         pytest.skip("checkpoints/face-mogle-tiny/ is not shipped yet")
-    res = run_cli(ROOT / "inference.py")
+    res = run_cli(ROOT / "inference.py", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert Image.open(ROOT / "outputs" / "inference.png").size == (128, 128)
-    record = json.loads((ROOT / "outputs" / "inference.json").read_text())
+    # written under the current folder, not into the repository
+    assert Image.open(tmp_path / "outputs" / "inference.png").size == (128, 128)
+    record = json.loads((tmp_path / "outputs" / "inference.json").read_text())
     assert record["mode"] == "mask+text" and record["prompt"] == (ROOT / "assets/examples/prompt.txt").read_text().strip()
+    # --mask and --prompt without --run: the shipped model too
+    res = run_cli(ROOT / "inference.py", "--mask", ROOT / "assets/examples/example-2.png", "--prompt", "A man.",
+                  "--output", tmp_path / "two.png", "--steps", 2, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((tmp_path / "two.json").read_text())
+    assert Path(record["run_resolved"]) == (ROOT / "checkpoints" / "face-mogle-tiny").resolve()
+    assert record["prompt"] == "A man." and record["steps"] == 2
 
 
 def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811

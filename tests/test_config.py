@@ -71,3 +71,14 @@ def test_save_roundtrip(tmp_path):
 def test_valid_keys_cover_sections():
     keys = valid_keys()
     assert "model.lora.r" in keys and "train.optimizer.lr" in keys and "sample.guidance" in keys
+
+
+def test_timestep_sampling_is_configurable_and_checked():
+    from face_mogle.config import ConfigError, load_config
+
+    assert (load_config().train.timestep_sampling.loc, load_config().train.timestep_sampling.scale) == (0.0, 1.0)
+    cfg = load_config(None, ["train.timestep_sampling.loc=1.1", "train.timestep_sampling.scale=0.8"])
+    assert (cfg.train.timestep_sampling.loc, cfg.train.timestep_sampling.scale) == (1.1, 0.8)
+    for bad in ("train.timestep_sampling.scale=0", "train.timestep_sampling.loc=.nan"):
+        with pytest.raises(ConfigError, match="timestep_sampling"):
+            load_config(None, [bad])

@@ -50,6 +50,14 @@ def test_objective_matches_design():
     g = objective.step_generator(0, 5, 0, 0)
     t = objective.sample_t(10000, g, "cpu")
     assert 0 < t.min() and t.max() < 1 and abs(t.mean().item() - 0.5) < 0.01  # logit-normal is symmetric
+    # the default is exactly sigmoid(N(0, 1)); loc/scale move and widen the logit (train.timestep_sampling)
+    assert torch.equal(t, torch.sigmoid(torch.randn(10000, generator=objective.step_generator(0, 5, 0, 0))))
+    shifted = objective.sample_t(10000, objective.step_generator(0, 5, 0, 0), "cpu", loc=1.1, scale=0.5)
+    logit = torch.log(shifted / (1 - shifted))
+    torch.testing.assert_close(logit, torch.logit(t) * 0.5 + 1.1, rtol=1e-4, atol=1e-4)
+    assert abs(logit.mean().item() - 1.1) < 0.02 and abs(logit.std().item() - 0.5) < 0.02
+    tipped = objective.sample_t(10000, objective.step_generator(0, 5, 0, 0), "cpu", loc=1.1)
+    assert (tipped > 0.9).float().mean() > 5 * (t > 0.9).float().mean()  # high noise visited far more often
     x0, eps = torch.randn(3, 4, 8), torch.randn(3, 4, 8)
     tt = torch.tensor([0.0, 0.5, 1.0])
     xt, target = objective.noisy_and_target(x0, tt, eps)

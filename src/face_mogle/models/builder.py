@@ -50,15 +50,18 @@ class TinySpec:
     t5_hidden: int = 32
     t5_layers: int = 2
     t5_vocab: str = "chars"  # "chars": one token per character; "words": the SynthFaces caption words
+    # "bytes": one CLIP token per character (77 characters cut most captions); "words": BPE merges
+    # that make each caption word one token (a caption fits CLIP's 77-token window)
+    clip_vocab: str = "bytes"
     seed: int = 0
 
 
 # The shipped tiny demo model's sizes (4 double + 6 single blocks, 128 wide; 4× VAE: a 128² face is
-# 32×32 latents = 256 tokens per stream, fine enough for eyes and lips; word-level T5 tokens keep
-# the text stream short): small enough to train on a CPU and to live in git.
+# 32×32 latents = 256 tokens per stream, fine enough for eyes and lips; word-level T5 and CLIP tokens
+# keep the text short and whole): small enough to train on a CPU and to live in git.
 TINY_DEMO_SPEC = TinySpec(
     num_layers=4, num_single_layers=6, num_attention_heads=4, attention_head_dim=32, axes_dims_rope=[8, 12, 12],
-    vae_channels=[32, 64, 64], clip_hidden=64, t5_hidden=64, t5_vocab="words",
+    vae_channels=[32, 64, 64], clip_hidden=64, t5_hidden=64, t5_vocab="words", clip_vocab="words",
 )
 
 
@@ -199,10 +202,26 @@ def _byte_symbols() -> list[str]:
     return [table[b] for b in range(256)]
 
 
-def build_clip_tokenizer(folder: str | os.PathLike):
-    """A byte-level CLIP tokenizer with no merges: every character is a token (offline)."""
+def _word_merges(words: list[str]) -> list[str]:
+    """BPE merges (in rank order) that turn each word into one token: learned by the `tokenizers` BPE
+    trainer on the word list, so applying them in rank order rebuilds every word whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=1 << 20, min_frequency=1, show_progress=False,
+                                                       end_of_word_suffix="</w>"))
+    return [" ".join(pair) for pair in json.loads(tok.to_str())["model"]["merges"]]
+
+
+def build_clip_tokenizer(folder: str | os.PathLike, vocab_kind: str = "bytes"):
+    """A CLIP tokenizer made offline: byte-level with no merges (every character a token, "bytes"),
+    or with merges that make each word of `T5_WORDS` one token ("words"); other words still spell
+    out in pieces down to bytes."""
     from transformers import CLIPTokenizer
 
+    if vocab_kind not in ("bytes", "words"):
+        raise ValueError(f"clip_vocab must be 'bytes' or 'words', got {vocab_kind!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
@@ -210,8 +229,11 @@ def build_clip_tokenizer(folder: str | os.PathLike):
     vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
+    merges = _word_merges(T5_WORDS) if vocab_kind == "words" else []
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
 
 
@@ -260,7 +282,7 @@ def build_tiny_backbone(spec: TinySpec = TinySpec()) -> Backbone:
         raise ValueError(f"tiny spec: axes_dims_rope {spec.axes_dims_rope} must sum to attention_head_dim {spec.attention_head_dim}")
     torch.manual_seed(spec.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(tmp)
+        tokenizer = build_clip_tokenizer(tmp, spec.clip_vocab)
     tokenizer_2 = build_t5_tokenizer(spec.t5_vocab)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

@@ -19,9 +19,9 @@ def step_generator(seed: int, step: int, micro: int, rank: int, device="cpu") ->
     return g
 
 
-def sample_t(batch: int, generator: torch.Generator, device) -> torch.Tensor:
-    """Logit-normal timesteps: t = sigmoid(N(0, 1)), in (0, 1)."""
-    return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+def sample_t(batch: int, generator: torch.Generator, device, loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """Logit-normal timesteps: t = sigmoid(N(loc, scale²)), in (0, 1); (0, 1) is the paper's setting."""
+    return torch.sigmoid(torch.randn(batch, generator=generator, device=device) * scale + loc)
 
 
 def noisy_and_target(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

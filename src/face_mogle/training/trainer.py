@@ -238,7 +238,8 @@ class Trainer:
         inp = self._inputs(batch, g)
         x0 = inp["x0"]
         b = x0.shape[0]
-        t = sample_t(b, g, acc.device)
+        ts = self.cfg.train.timestep_sampling
+        t = sample_t(b, g, acc.device, ts.loc, ts.scale)
         noise = torch.randn(x0.shape, generator=g, device=acc.device, dtype=x0.dtype)
         x_t, target = noisy_and_target(x0, t, noise)
         guidance = torch.ones(b, device=acc.device) if self.backbone.transformer.config.guidance_embeds else None

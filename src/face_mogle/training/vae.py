@@ -3,7 +3,10 @@
     python -m face_mogle.training.vae --data data/synthfaces-128 --out checkpoints/tiny-stages/backbone-vae
 
 The VAE (AutoencoderKL, FLUX's 16 latent channels) learns to reconstruct faces from random crops
-(it is convolutional, so crops train it for the full size at a fraction of the cost); its latent
+(it is convolutional, so crops train it for the full size at a fraction of the cost). The loss
+weighs each pixel by its class's rarity and doubles it on class edges: the parse mIoU that bounds
+every mask score averages over classes, and eyes, brows and lips are a few dozen pixels each, so a
+plain pixel loss lets them blur away. Its latent
 shift and scale are then measured as FLUX's were, and the backbone — this VAE plus the tiny preset's
 transformer, text encoders, tokenizers and scheduler — is saved in the diffusers layout that
 `pretrained:` points at.
@@ -24,7 +27,34 @@ import torch
 from PIL import Image
 
 from ..data.dataset import DataError, read_split
+from ..labels import NUM_CLASSES
 from ..models.builder import TINY_DEMO_SPEC, TinySpec, build_tiny_backbone
+
+
+def load_masks(root: Path, ids: list[int], size: int) -> torch.Tensor:
+    """The label maps of the split as uint8 [N, S, S]."""
+    from ..data.masks import MaskError, load_label_map
+
+    try:
+        return torch.from_numpy(np.stack([load_label_map(root / "mask" / f"{i}.png", size) for i in ids]))
+    except MaskError as err:
+        raise DataError(str(err)) from None
+
+
+def pixel_weights(masks: torch.Tensor, cap: float = 10.0) -> torch.Tensor:
+    """Per-pixel loss weights [N, S, S]: (1 / class frequency)^½, capped, ×2 on class edges, mean 1."""
+    counts = torch.bincount(masks.flatten().long(), minlength=NUM_CLASSES).float()
+    freq = counts / counts.sum()
+    per_class = (freq.max() / freq.clamp_min(1e-8)).sqrt().clamp(max=cap)
+    w = per_class[masks.long()]
+    m = masks.long()
+    edge = torch.zeros_like(m, dtype=torch.bool)
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
+    edge[:, :, 1:] |= m[:, :, 1:] != m[:, :, :-1]
+    edge[:, :, :-1] |= m[:, :, 1:] != m[:, :, :-1]
+    w = w * (1 + edge.float())
+    return w / w.mean()
 
 
 def load_faces(root: Path, ids: list[int], size: int) -> torch.Tensor:
@@ -40,33 +70,44 @@ def load_faces(root: Path, ids: list[int], size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 
-def random_crops(faces: torch.Tensor, batch: int, crop: int, g: torch.Generator) -> torch.Tensor:
+def random_crops(faces: torch.Tensor, weights: torch.Tensor, batch: int, crop: int, g: torch.Generator):
+    """Random crops of faces (in [-1, 1]) and of their pixel weights: ([B, 3, c, c], [B, 1, c, c])."""
     idx = torch.randint(len(faces), (batch,), generator=g)
     s = faces.shape[-1]
     out = torch.empty(batch, 3, crop, crop, dtype=torch.float32)
+    w = torch.empty(batch, 1, crop, crop, dtype=torch.float32)
     for k, i in enumerate(idx.tolist()):
         y, x = torch.randint(s - crop + 1, (2,), generator=g).tolist()
         out[k] = faces[i, :, y : y + crop, x : x + crop].float() / 127.5 - 1
-    return out
+        w[k, 0] = weights[i, y : y + crop, x : x + crop]
+    return out, w
 
 
-def _parse_miou(recon: torch.Tensor, real: torch.Tensor) -> float:
-    """mIoU of the SynthFaces parse of the reconstructions against the parse of the originals: the
+def _parse_miou(recon: torch.Tensor, masks: torch.Tensor) -> float:
+    """mIoU of the SynthFaces parse of the reconstructions against the true label maps: the
     ceiling this VAE puts on any mask-consistency score measured through it."""
     from ..data.synthetic import mean_iou, parse
 
-    def to_u8(x):
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return mean_iou([parse(a) for a in u8], list(masks.numpy()))
 
-    return mean_iou([parse(a) for a in to_u8(recon)], [parse(a) for a in to_u8(real)])
+
+@torch.no_grad()
+def round_trip(vae, faces: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """uint8 faces [N, 3, S, S] → reconstructions from the posterior mean, in [-1, 1]."""
+    x = faces.float() / 127.5 - 1
+    return torch.cat([vae.decode(vae.encode(c).latent_dist.mean).sample for c in x.split(batch_size)])
 
 
 def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: int, batch_size: int, lr: float,
-              kl_weight: float, spec: TinySpec, seed: int) -> dict:
+              kl_weight: float, spec: TinySpec, seed: int, eval_split: str | None = None, eval_num: int = 100) -> dict:
+    """Train, measure the latent statistics, write the backbone; returns the figures. The parse mIoU
+    is measured on `eval_split` (held-out faces; the first `eval_num`) or, without one, on training faces."""
     from tqdm.auto import tqdm
 
     ids = read_split(data, split)
     faces = load_faces(data, ids, size)
+    weights = pixel_weights(load_masks(data, ids, size))
     torch.manual_seed(seed)
     backbone = build_tiny_backbone(spec)
     vae = backbone.vae.train().requires_grad_(True)
@@ -76,11 +117,12 @@ def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: in
     losses = []
     bar = tqdm(range(steps), desc="train VAE", dynamic_ncols=True)
     for step in bar:
-        x = random_crops(faces, batch_size, crop, g)
+        x, w = random_crops(faces, weights, batch_size, crop, g)
         dist = vae.encode(x).latent_dist
         z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)
         recon = vae.decode(z).sample
-        rec = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        err = recon - x
+        rec = (w * (err.abs() + err**2)).mean()
         loss = rec + kl_weight * dist.kl().mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"VAE loss became {loss.item()} at step {step + 1}")
@@ -99,10 +141,11 @@ def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: in
         z = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in sample.split(32)])
     shift, scale = float(z.mean()), float(1.0 / z.std())
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(sample[:32]).latent_dist.mean).sample
-    psnr = float(10 * torch.log10(4.0 / ((recon - sample[:32]) ** 2).mean()))
-    recon_miou = _parse_miou(recon, sample[:32])
+    eval_ids = (read_split(data, eval_split) if eval_split else ids)[:eval_num]
+    eval_faces = load_faces(data, eval_ids, size)
+    recon = round_trip(vae, eval_faces)
+    psnr = float(10 * torch.log10(4.0 / ((recon - (eval_faces.float() / 127.5 - 1)) ** 2).mean()))
+    recon_miou = _parse_miou(recon, load_masks(data, eval_ids, size))
 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -115,7 +158,8 @@ def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: in
         raise
     k = max(1, steps // 10)
     return {"rec_first": float(np.mean(losses[:k])), "rec_last": float(np.mean(losses[-k:])), "psnr": psnr,
-            "recon_miou": recon_miou, "shift_factor": shift, "scaling_factor": scale, "images": len(ids)}
+            "recon_miou": recon_miou, "shift_factor": shift, "scaling_factor": scale, "images": len(ids),
+            "eval_images": len(eval_ids), "eval_split": eval_split or split}
 
 
 def main(argv=None) -> int:
@@ -123,6 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, help="data root in the MM-CelebA-HQ layout (e.g. SynthFaces)")
     p.add_argument("--out", required=True, help="backbone folder to write (diffusers FLUX layout)")
     p.add_argument("--split", default="splits/train.txt", help="training ids: START-END or an id-list file")
+    p.add_argument("--eval_split", default="splits/test.txt",
+                   help="held-out ids on which the round-trip parse mIoU and PSNR are measured ('' = training ids)")
+    p.add_argument("--eval_num", type=int, default=100, help="how many of the held-out faces to measure")
     p.add_argument("--size", type=int, default=128, help="face size the VAE is trained for")
     p.add_argument("--crop", type=int, default=64, help="random crop size used in training")
     p.add_argument("--steps", type=int, default=1200)
@@ -145,12 +192,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         stats = train_vae(data, out, args.split, args.size, args.crop, args.steps, args.batch_size, args.lr,
-                          args.kl_weight, dataclasses.replace(spec, seed=args.seed), args.seed)
+                          args.kl_weight, dataclasses.replace(spec, seed=args.seed), args.seed,
+                          eval_split=args.eval_split or None, eval_num=args.eval_num)
     except (DataError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"VAE: reconstruction loss {stats['rec_first']:.4f} → {stats['rec_last']:.4f}, PSNR {stats['psnr']:.1f} dB, "
-          f"parse mIoU of reconstructions {stats['recon_miou']:.3f}, "
+          f"parse mIoU of reconstructions {stats['recon_miou']:.3f} ({stats['eval_images']} faces of {stats['eval_split']}), "
           f"shift {stats['shift_factor']:.4f}, scale {stats['scaling_factor']:.4f}, "
           f"{time.perf_counter() - start:.0f} s; backbone written to {out}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -97,13 +98,19 @@ def check_inputs(args) -> None:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.size is not None and args.size <= 0:
         raise UsageError(f"--size must be positive, got {args.size}")
-    if args.condition_scale is not None and not args.condition_scale > 0:
-        raise UsageError(f"--condition_scale must be > 0, got {args.condition_scale}")
+    if args.condition_scale is not None and not (math.isfinite(args.condition_scale) and args.condition_scale > 0):
+        raise UsageError(f"--condition_scale must be a finite number > 0, got {args.condition_scale}")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if args.mask is not None:
         from face_mogle.data.masks import load_label_map
 
         load_label_map(args.mask)  # MaskError: one line naming the file and the problem
     out = Path(args.output)
+    if args.mask is not None and out.resolve() == Path(args.mask).resolve():
+        raise UsageError(f"--output {out} is the input mask: it would be overwritten; write elsewhere")
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"--output must end in {', '.join(FORMATS)}; got {out}")
     if out.is_dir():

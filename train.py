@@ -22,7 +22,11 @@ def main(argv=None) -> int:
                         help="continue the run from its newest checkpoint ('latest') or a checkpoint folder")
     parser.add_argument("--pretrained", metavar="DIR",
                         help="FLUX backbone folder (overrides the config's `pretrained`)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a run folder that already holds a run (its checkpoints are deleted)")
     args = parser.parse_args(argv)
+    if args.overwrite and args.resume:
+        parser.error("--overwrite starts afresh; it cannot be combined with --resume")
 
     from face_mogle.config import ConfigError, load_config
     from face_mogle.data.cache import CacheError
@@ -34,7 +38,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained)
+        trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained, overwrite=args.overwrite)
         trainer.train()
     except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)

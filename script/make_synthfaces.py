@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
             "OUT/attributes.json and OUT/splits/{train,test}.txt. Sample i depends only on "
             "(seed, i): re-running, or making a larger set with the same seed, gives identical files."
         ),
-        epilog="Files already in OUT with the same names are replaced (atomically); others are left alone.",
+        epilog="A folder that already holds a data set is refused unless --overwrite (then files with the same "
+        "names are replaced atomically; others are left alone).",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--num", type=int, default=1000, help="number of images (default: 1000)")
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of ids, taken from the end, in the test split; in [0, 1) (default: 0.1)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a data set")
     return parser
 
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--test_fraction must be in [0, 1), got {args.test_fraction}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} exists and is not a directory")
+    held = [n for n in ("text.json", "face", "mask", "text") if (args.out / n).exists()] if args.out.is_dir() else []
+    if held and not args.overwrite:
+        parser.error(f"--out {args.out} already holds a data set ({', '.join(held)}): choose a new folder, "
+                     "or pass --overwrite to replace its files")
 
     # Imported here so that --help and argument errors stay instant.
     from face_mogle.data.synthetic import write_dataset

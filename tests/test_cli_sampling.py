@@ -153,6 +153,11 @@ def test_generate_split_bad_inputs(tiny_run, data_root, tmp_path, capsys):  # no
          "multiple of 8"),
         (["--run", str(tiny_run), "--root", str(data_root), "--split", "100-104", "--output_dir",
           str(data_root / "text.json")], "not a folder"),
+        # writing over the data set's own files is refused
+        (["--run", str(tiny_run), "--root", str(data_root), "--split", "100-104", "--output_dir", str(data_root)],
+         "would write into the data set"),
+        (["--run", str(tiny_run), "--root", str(data_root), "--split", "100-104", "--output_dir",
+          str(data_root / "text" / "x")], "would write into the data set"),
     ]
     for args, needle in cases:
         capsys.readouterr()
@@ -217,6 +222,8 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
     Image.fromarray(draw_mask(0, 64) + 19, "L").save(labels)  # values outside 0..18
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    good = tmp_path / "good.png"
+    Image.fromarray(draw_mask(0, 64), "L").save(good)
     run, out = str(tiny_run), str(tmp_path / "o.png")
     # Checked before any model loads. A few as real subprocesses (no traceback reaches stderr) ...
     for args, needle in [
@@ -236,6 +243,11 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         (["--run", run, "--prompt", "x", "--output", str(blocker / "o.png")], "is a file, not a folder"),
         (["--run", run, "--prompt", "x", "--output", str(tmp_path / "o.txt")], "--output must end in"),
         (["--run", run, "--output", out], "give --prompt, --mask or both"),
+        (["--run", run, "--prompt", "x", "--guidance", "nan"], "--guidance must be a finite number"),
+        (["--run", run, "--prompt", "x", "--condition_scale", "inf"], "--condition_scale must be a finite number"),
+        (["--run", run, "--prompt", "x", "--seed", str(2**70)], "--seed must be in"),
+        (["--run", run, "--mask", str(good), "--output", str(good)], "is the input mask"),
+        (["--run", run, "--prompt", "x", "--size", "4096"], "above sample.max_size 2048"),
         # found once the model is loaded
         (["--run", run, "--prompt", "x", "--size", "36"], "multiple of 8"),
         (["--run", run, "--prompt", "x", "--set", "model.nope=1"], "unknown config key 'model.nope'"),
@@ -246,3 +258,16 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         capsys.readouterr()
         assert script.main(args) == 2, args
         assert_one_line_error(capsys.readouterr().err, needle)
+    assert Image.open(good).size == (64, 64) and not Path(out).exists()  # nothing written, the mask intact
+
+
+def test_non_finite_weights_give_an_error_not_a_black_image(tiny_run, tmp_path):  # noqa: F811
+    import torch
+
+    from face_mogle.pipeline import FaceMoGLEPipeline, SamplingError
+
+    pipe = FaceMoGLEPipeline.from_run(tiny_run, device="cpu")
+    with torch.no_grad():
+        next(pipe.model.mogle.parameters()).fill_(float("nan"))
+    with pytest.raises(SamplingError, match="non-finite"):
+        pipe("x", None, seeds=[0], steps=1, size=32)

@@ -82,3 +82,19 @@ def test_timestep_sampling_is_configurable_and_checked():
     for bad in ("train.timestep_sampling.scale=0", "train.timestep_sampling.loc=.nan"):
         with pytest.raises(ConfigError, match="timestep_sampling"):
             load_config(None, [bad])
+
+
+def test_every_float_notation_and_bounds(tmp_path):
+    # YAML 1.1 reads "1e-4" (no dot) as text: it is still a float here, in a file and in --set
+    cfg = load_config(None, ["train.optimizer.lr=1e-4", "sample.guidance=+2E0"])
+    assert cfg.train.optimizer.lr == 1e-4 and cfg.sample.guidance == 2.0
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  optimizer:\n    lr: 3e-4\n")
+    assert load_config(path).train.optimizer.lr == 3e-4
+    with pytest.raises(ConfigError, match="must be float"):
+        load_config(None, ["train.optimizer.lr=fast"])
+    for bad, key in (("train.save_interval=0", "train.save_interval"), ("train.max_steps=0", "train.max_steps"),
+                     ("train.sample_interval=-1", "train.sample_interval"), ("sample.guidance=.inf", "sample.guidance"),
+                     ("sample.max_size=256", "sample.max_size")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [bad])

@@ -187,11 +187,15 @@ def test_cli(tmp_path):
         (("--out", out, "--size", 32), "--size must be at least 64"),
         (("--out", afile, "--num", 2), "exists and is not a directory"),
         (("--out", out, "--test_fraction", 1.5), "--test_fraction"),
+        (("--out", out, "--num", 2), "already holds a data set"),  # never silently over an existing set
     ):
         res = run_cli(*args)
         assert res.returncode == 2, args
         errors = [line for line in res.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and needle in errors[0], res.stderr
+    assert len(list((out / "face").glob("*.jpg"))) == 20  # the refused runs changed nothing
+    res = run_cli("--out", out, "--num", 2, "--size", 64, "--quiet", "--overwrite")
+    assert res.returncode == 0 and len(json.loads((out / "text.json").read_text())) == 2
     assert "MM-CelebA-HQ" in run_cli("--help").stdout
 
 

@@ -137,6 +137,34 @@ def test_existing_run_needs_resume_and_same_config(data, tmp_path):
         Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "model.lora.r": 8}), resume="latest")
 
 
+def test_finished_run_is_never_overwritten(data, tmp_path):
+    """A run folder with exported weights but no checkpoints (cleaned up, copied) is still a run."""
+    import shutil
+
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})).train()
+    run = tmp_path / "t"
+    shutil.rmtree(run / "checkpoints")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(TrainingError, match=r"already holds a run \(config.yaml, pytorch_lora_weights.*--overwrite"):
+        Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2}))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # untouched
+    # --overwrite starts afresh
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2}), overwrite=True).train()
+    assert [p.name for p in list_checkpoints(run)] == ["step-2"]
+
+
+def test_non_finite_weights_are_never_saved(data, tmp_path):
+    trainer = Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "train.save_interval": 1}))
+    trainer._save(1)
+    name, param = next(iter(trainer.named_trainable.items()))
+    with torch.no_grad():
+        param.view(-1)[0] = float("inf")  # an update that overflowed while the loss was still finite
+    with pytest.raises(TrainingError, match=r"non-finite at step 2 .*nothing saved.*step-1"):
+        trainer._save(2)
+    assert [p.name for p in list_checkpoints(tmp_path / "t")] == ["step-1"]
+    assert torch.isfinite(weights(tmp_path / "t", 1)[name]).all()
+
+
 def run_cli(args, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tempfile
 import types
 import typing
@@ -131,6 +132,9 @@ class SampleConfig:
     max_sequence_length: int = 512  # T5 tokens
     condition_scale: float = 1.0
     mask_latent: str = "mode"  # "mode" or "sample" of the VAE posterior for mask maps
+    # Largest image side a sampler accepts: FLUX.1-dev is trained up to ~2 MP; past this a typo such
+    # as 4096 would allocate gigabytes (and on a CPU, hold the demo's queue for minutes)
+    max_size: int = 2048
 
 
 @dataclass
@@ -156,6 +160,9 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check `value` against the annotated type, allowing int→float; error names the key."""
     origin = typing.get_origin(typ)
@@ -177,6 +184,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-4" (no dot) as text
     elif typ is str:
         if isinstance(value, str):
             return value
@@ -307,11 +316,25 @@ def validate(cfg: Config) -> None:
     for key, value in (
         ("train.batch_size", cfg.train.batch_size),
         ("train.grad_accum", cfg.train.grad_accum),
+        ("train.max_steps", cfg.train.max_steps),
+        ("train.save_interval", cfg.train.save_interval),
+        ("train.log_interval", cfg.train.log_interval),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints),
         ("model.lora.r", cfg.model.lora.r),
         ("sample.steps", cfg.sample.steps),
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
+    if cfg.train.sample_interval < 0:
+        raise ConfigError(f"config key 'train.sample_interval' must be >= 0 (0 = never), got {cfg.train.sample_interval}")
+    if cfg.sample.max_size < cfg.sample.size:
+        raise ConfigError(f"config key 'sample.max_size' ({cfg.sample.max_size}) must be >= sample.size ({cfg.sample.size})")
+    for key, value in (("sample.guidance", cfg.sample.guidance), ("sample.condition_scale", cfg.sample.condition_scale),
+                       ("train.optimizer.lr", cfg.train.optimizer.lr)):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+    if not cfg.sample.condition_scale > 0:
+        raise ConfigError(f"config key 'sample.condition_scale' must be > 0, got {cfg.sample.condition_scale}")
 
 
 def to_dict(cfg: Config) -> dict:

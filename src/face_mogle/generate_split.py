@@ -164,6 +164,11 @@ def generate_split(
     root = Path(root)
     if not root.is_dir():
         raise GenerationError(f"data root not found: {root} (expected mask/ and text.json or text/)")
+    out_resolved = Path(output_dir).resolve()
+    if out_resolved == root.resolve() or root.resolve() in out_resolved.parents and out_resolved.relative_to(
+            root.resolve()).parts[0] in ("face", "mask", "text"):
+        raise GenerationError(f"--output_dir {output_dir} would write into the data set {root} (its face/ and text/ "
+                              "files would be replaced): choose a folder outside it")
     if batch_size < 1:
         raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:

@@ -218,6 +218,9 @@ class FaceMoGLEPipeline:
                 f"size must be a positive multiple of {self.token_pixels} (pixels per image token "
                 f"of this backbone), got {size}"
             )
+        if size > self.cfg.sample.max_size:
+            raise SamplingError(f"size {size} is above sample.max_size {self.cfg.sample.max_size} "
+                                f"(raise it with --set sample.max_size=N if you have the memory)")
         return int(size)
 
     def load_mask(self, mask: Any, size: int) -> Optional[np.ndarray]:
@@ -309,8 +312,10 @@ class FaceMoGLEPipeline:
         size = self.check_size(cfg.size if size is None else size)
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
             raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
-        if not condition_scale > 0:
-            raise SamplingError(f"condition scale must be > 0, got {condition_scale}")
+        if not (math.isfinite(condition_scale) and condition_scale > 0):
+            raise SamplingError(f"condition scale must be a finite number > 0, got {condition_scale}")
+        if not math.isfinite(guidance):
+            raise SamplingError(f"guidance must be a finite number, got {guidance}")
         if batch_size < 1:
             raise SamplingError(f"batch size must be >= 1, got {batch_size}")
         if gate_step is not None and not 0 <= gate_step < steps:
@@ -336,6 +341,9 @@ class FaceMoGLEPipeline:
         seeds = [int(seeds) + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
         if len(seeds) != n:
             raise SamplingError(f"got {len(seeds)} seeds for {n} images")
+        bad = next((s for s in seeds if not 0 <= s < 2**63), None)
+        if bad is not None:
+            raise SamplingError(f"seeds must be in 0..2**63-1, got {bad}")
         labels = [self.load_mask(m, size) for m in masks]  # validate every mask before any work
 
         # Text encoders run once per distinct prompt of the call; an embedding is dropped after the
@@ -423,6 +431,9 @@ class FaceMoGLEPipeline:
                     gate_sum = w * steps
             step_done()
 
+        if not torch.isfinite(latents).all():  # decoding would give a black image, silently
+            raise SamplingError("sampling produced non-finite values (NaN or inf): the run's weights or the "
+                                "settings are broken; no image written")
         pixels = decode_tokens(self.backbone.vae, latents, size, self.backbone.vae_scale_factor)
         arrays = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         images = [Image.fromarray(a, "RGB") for a in arrays]

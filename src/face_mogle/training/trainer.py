@@ -117,9 +117,13 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
     return optimizer, scheduler
 
 
+# What makes a folder a run: a fresh start refuses a folder holding any of these.
+RUN_CONTENTS = ("checkpoints", "config.yaml", "pytorch_lora_weights.safetensors", "mogle.safetensors", "transformer")
+
+
 class Trainer:
     def __init__(self, cfg: Config, resume: Optional[str] = None, pretrained: Optional[str] = None,
-                 fail_save_at: Optional[int] = None):
+                 fail_save_at: Optional[int] = None, overwrite: bool = False):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -139,7 +143,7 @@ class Trainer:
             log_with=tracker,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
-        self.resume_from = self._check_run_folder(resume)
+        self.resume_from = self._check_run_folder(resume, overwrite)
         if pretrained:
             cfg = dataclasses.replace(cfg, pretrained=pretrained)
             self.cfg = cfg
@@ -147,15 +151,20 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
 
-    def _check_run_folder(self, resume: Optional[str]) -> Optional[Path]:
+    def _check_run_folder(self, resume: Optional[str], overwrite: bool = False) -> Optional[Path]:
+        """A fresh start never writes over a run: checkpoints, exported weights or a config in the
+        folder are refused unless `overwrite` (then the old checkpoints are removed first)."""
         from ..config import load_config
 
         if resume is None:
-            if list_checkpoints(self.run_dir):
+            held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists()]
+            if held and not overwrite:
                 raise TrainingError(
-                    f"run folder {self.run_dir} already has checkpoints: pass --resume latest to continue it, "
-                    "or --set name=NEW_NAME for a new run"
+                    f"run folder {self.run_dir} already holds a run ({', '.join(held)}): pass --resume latest to "
+                    "continue it, --set name=NEW_NAME for a new run, or --overwrite to replace it"
                 )
+            if held and self.acc.is_main_process:
+                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
             return None
         path = resolve_resume(self.run_dir, resume)
         saved = self.run_dir / "config.yaml"
@@ -253,6 +262,12 @@ class Trainer:
 
     def _save(self, step: int) -> None:
         acc = self.acc
+        bad = [n for n, p in self.named_trainable.items() if not torch.isfinite(p.detach()).all()]
+        if bad:  # never write non-finite weights: the previous checkpoint stays the last good one
+            kept = list_checkpoints(self.run_dir)
+            where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+            raise TrainingError(f"weights became non-finite at step {step} ({bad[0]}"
+                                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); nothing saved ({where})")
         acc.wait_for_everyone()
         if acc.is_main_process:
             unwrapped = acc.unwrap_model(self.model)

@@ -261,6 +261,17 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
     assert Image.open(good).size == (64, 64) and not Path(out).exists()  # nothing written, the mask intact
 
 
+def test_truncated_weight_file_is_one_line(tiny_run, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("pytorch_lora_weights.safetensors", "mogle.safetensors"):
+        shutil.copytree(tiny_run, run, dirs_exist_ok=True)
+        (run / name).write_bytes((run / name).read_bytes()[:64] if name.startswith("p") else b"")
+        res = run_cli(ROOT / "inference.py", "--run", run, "--prompt", "x", "--output", tmp_path / "o.png", "--steps", 1)
+        assert res.returncode == 2, res.stderr
+        assert_one_line_error(res.stderr, name, "not a readable safetensors file")
+
+
 def test_non_finite_weights_give_an_error_not_a_black_image(tiny_run, tmp_path):  # noqa: F811
     import torch
 

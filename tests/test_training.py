@@ -165,6 +165,49 @@ def test_non_finite_weights_are_never_saved(data, tmp_path):
     assert torch.isfinite(weights(tmp_path / "t", 1)[name]).all()
 
 
+def test_resume_latest_skips_a_corrupt_checkpoint(data, tmp_path, capsys):
+    cfg = cfg_for(data, tmp_path, **{"train.max_steps": 2, "train.save_interval": 1})
+    Trainer(cfg).train()
+    run = tmp_path / "t"
+    broken = run / "checkpoints" / "step-2" / "trainable.safetensors"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated, as by a full disk
+    trainer = Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 3, "train.save_interval": 1}), resume="latest")
+    err = capsys.readouterr().err
+    assert "step-2 is unreadable" in err and "falling back to" in err and "step-1" in err
+    assert trainer.start_step == 1 and trainer.resume_from.name == "step-1"
+    for name, p in trainer.named_trainable.items():  # the weights are step 1's
+        assert torch.equal(p.detach().cpu(), weights(run, 1)[name])
+    # an explicitly named broken checkpoint is an error naming it, not a traceback
+    with pytest.raises(TrainingError, match=r"step-2 is unreadable \(.*trainable.safetensors"):
+        Trainer(cfg, resume=str(run / "checkpoints" / "step-2"))
+
+
+@pytest.mark.parametrize("mode", ["mogle", "base"])
+def test_export_is_one_unit_and_resume_repairs_it(data, tmp_path, capsys, mode):
+    import json
+    import shutil
+
+    cfg = cfg_for(data, tmp_path, **{"train.max_steps": 2, "train.save_interval": 1, "train.mode": mode})
+    Trainer(cfg).train()
+    run = tmp_path / "t"
+    record = json.loads((run / "export.json").read_text())
+    exported = sorted(record["files"])
+    assert record["step"] == 2 and exported and all((run / f).stat().st_size == n for f, n in record["files"].items())
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    # a kill part-way through the export of step 2: one unit replaced by step 1's, or a folder gone
+    if mode == "mogle":
+        (run / "mogle.safetensors").write_bytes(b"stale")
+    else:
+        shutil.rmtree(run / "transformer")
+    (run / "export.json").unlink()
+    trainer = Trainer(cfg, resume="latest")
+    assert trainer.start_step == 2 and not trainer.export_is_current(2)
+    trainer.train()  # nothing left to train: it repairs the export and says so
+    assert "written again" in capsys.readouterr().err
+    assert json.loads((run / "export.json").read_text()) == record
+    assert trainer.export_is_current(2)
+
+
 def run_cli(args, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)

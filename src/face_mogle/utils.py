@@ -39,3 +39,16 @@ def atomic_save_safetensors(tensors: dict, path: str | os.PathLike, metadata: Op
     from safetensors.torch import save_file
 
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """All tensors of a safetensors file; a truncated, empty or foreign file is a ValueError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors' own error type for a broken header or a short file
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())}); "
+                         "it may be truncated: restore or re-export it") from None

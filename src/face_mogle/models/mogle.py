@@ -150,9 +150,9 @@ def read_mogle_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"MoGLE weights not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..utils import read_safetensors
 
-        return load_file(str(path))
+        return read_safetensors(path)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle with code in it, or a corrupt file

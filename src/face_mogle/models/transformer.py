@@ -85,12 +85,13 @@ def save_lora(transformer: nn.Module, path: str | os.PathLike) -> None:
 def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> None:
     """Load a diffusers-format LoRA file (ours or the official release) into existing adapters."""
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
+
+    from ..utils import read_safetensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA weights not found: {path}")
-    state = load_file(str(path))
+    state = read_safetensors(path)
     ours = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
     if not ours:
         raise ValueError(f"{path} holds no 'transformer.*' LoRA keys")

@@ -111,10 +111,10 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, named_params: dict[str, torch.nn.Parameter], optimizer, scheduler) -> dict:
     """Restore trainable weights, optimizer, scheduler and RNG state; return state.json."""
-    from safetensors.torch import load_file
+    from ..utils import read_safetensors
 
     path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = read_safetensors(path / "trainable.safetensors")
     missing = sorted(set(named_params) - set(weights))
     unexpected = sorted(set(weights) - set(named_params))
     if missing or unexpected:

@@ -7,8 +7,11 @@ Determinism: the batch of micro-step k and every random draw of a step are funct
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +26,8 @@ from ..encoding import image_ids, text_ids
 from ..models.builder import load_backbone
 from ..models.face_mogle import FaceMoGLE
 from ..models.transformer import three_stream_forward
-from ..utils import DTYPES
-from .checkpoint import list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
+from ..utils import DTYPES, atomic_write
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
 
 # Keys that may change between a run and its resumption (they do not change what is computed).
@@ -117,6 +120,22 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
     return optimizer, scheduler
 
 
+EXPORT_RECORD = "export.json"
+
+
+def _export_sizes(run: Path, unwrapped) -> dict:
+    """Every exported file (relative to the run folder) and its size in bytes."""
+    kinds = ("transformer",) if not isinstance(unwrapped, FaceMoGLE) else ()
+    files = {}
+    for name in ["pytorch_lora_weights.safetensors", "mogle.safetensors", *kinds]:
+        path = run / name
+        if path.is_dir():
+            files.update({str(f.relative_to(run)): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()})
+        elif path.is_file() and isinstance(unwrapped, FaceMoGLE):
+            files[name] = path.stat().st_size
+    return files
+
+
 # What makes a folder a run: a fresh start refuses a folder holding any of these.
 RUN_CONTENTS = ("checkpoints", "config.yaml", "pytorch_lora_weights.safetensors", "mogle.safetensors", "transformer")
 
@@ -143,6 +162,7 @@ class Trainer:
             log_with=tracker,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
+        self.resume_latest = resume == "latest"
         self.resume_from = self._check_run_folder(resume, overwrite)
         if pretrained:
             cfg = dataclasses.replace(cfg, pretrained=pretrained)
@@ -197,7 +217,7 @@ class Trainer:
         optimizer, scheduler = make_optimizer(cfg, list(self.named_trainable.values()))
         self.start_step = 0
         if self.resume_from is not None:
-            state = load_checkpoint(self.resume_from, self.named_trainable, optimizer, scheduler)
+            state = self._load_newest_intact(optimizer, scheduler)
             self.start_step = int(state["step"])
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = scheduler  # stepped by hand once per optimizer step
@@ -215,6 +235,28 @@ class Trainer:
             raise TrainingError(f"data.size {cfg.data.size} must be a multiple of {tb} (one token) for this backbone")
         self.img_ids = image_ids(cfg.data.size, tb, device=acc.device)
         self.txt_ids = text_ids(cfg.max_sequence_length, device=acc.device)
+
+    def _load_newest_intact(self, optimizer, scheduler) -> dict:
+        """Load the resume checkpoint; with `--resume latest`, a checkpoint whose files cannot be read
+        (truncated by a full disk, damaged in a copy) is reported and the next older one is used."""
+        older = [p for p in list_checkpoints(self.run_dir) if p != self.resume_from] if self.resume_latest else []
+        candidates = [self.resume_from] + older[::-1]
+        for k, path in enumerate(candidates):
+            try:
+                state = load_checkpoint(path, self.named_trainable, optimizer, scheduler)
+            except CheckpointError:
+                raise  # readable but made for another config: not a case for falling back
+            except Exception as err:
+                why = " ".join(str(err).split()) or type(err).__name__
+                if k + 1 == len(candidates):
+                    raise TrainingError(f"checkpoint {path} is unreadable ({why})"
+                                        + ("; no older intact checkpoint" if k else "")) from None
+                print(f"warning: checkpoint {path} is unreadable ({why}); falling back to {candidates[k + 1]}",
+                      file=sys.stderr)
+                continue
+            self.resume_from = path
+            return state
+        raise AssertionError("unreachable")
 
     def _dataset(self):
         """Pixels + labels + captions, or — with `data.cache_dir` — pre-encoded latents and embeddings."""
@@ -279,20 +321,46 @@ class Trainer:
                 {"mode": self.cfg.train.mode, "seed": self.cfg.seed}, keep=self.cfg.train.keep_checkpoints,
                 fail_after=fail,
             )
-            self.export(unwrapped)
+            self.export(unwrapped, step)
         acc.wait_for_everyone()
 
-    def export(self, unwrapped: nn.Module) -> None:
-        """The run folder's usable weights: LoRA + MoGLE, or (base mode) the whole transformer."""
-        if isinstance(unwrapped, FaceMoGLE):
-            unwrapped.save_weights(self.run_dir)
-            return
-        final = self.run_dir / "transformer"
-        tmp = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=".transformer.", suffix=".tmp"))
-        unwrapped.transformer.save_pretrained(str(tmp), safe_serialization=True)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+    def export(self, unwrapped: nn.Module, step: int) -> None:
+        """The run folder's usable weights — LoRA + MoGLE, or (base mode) the whole transformer — as
+        one unit: written beside, moved into place, then `export.json` (the step, each file's size)
+        last. A kill in between leaves an export.json that does not match; `export_is_current` sees
+        it and the next start (or --resume) writes the export again from the checkpoint."""
+        run = self.run_dir
+        tmp = Path(tempfile.mkdtemp(dir=run, prefix=".export.", suffix=".tmp"))
+        try:
+            if isinstance(unwrapped, FaceMoGLE):
+                unwrapped.save_weights(tmp)
+            else:
+                unwrapped.transformer.save_pretrained(str(tmp / "transformer"), safe_serialization=True)
+            (run / EXPORT_RECORD).unlink(missing_ok=True)  # from here until the end, the export is "not current"
+            for item in sorted(tmp.iterdir()):
+                final = run / item.name
+                if item.is_dir() and final.exists():  # swap folders: the old one goes only once the new is in
+                    old = run / f".{item.name}.old"
+                    shutil.rmtree(old, ignore_errors=True)
+                    final.rename(old)
+                    item.rename(final)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(item, final)
+            record = {"step": step, "files": _export_sizes(run, unwrapped)}
+            atomic_write(run / EXPORT_RECORD, lambda t: Path(t).write_text(json.dumps(record, indent=1) + "\n"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def export_is_current(self, step: int) -> bool:
+        """Does the run folder hold the complete export of checkpoint `step`?"""
+        try:
+            record = json.loads((self.run_dir / EXPORT_RECORD).read_text())
+        except (OSError, ValueError):
+            return False
+        files = record.get("files") or {}
+        return record.get("step") == step and bool(files) and all(
+            (self.run_dir / name).is_file() and (self.run_dir / name).stat().st_size == size for name, size in files.items())
 
     def train(self, on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
         from tqdm.auto import tqdm
@@ -301,6 +369,11 @@ class Trainer:
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
+            if self.start_step > 0 and not self.export_is_current(self.start_step):
+                # a kill between the export's files, or a lost file: write it again from the checkpoint
+                self.export(acc.unwrap_model(self.model), self.start_step)
+                print(f"the run folder's exported weights did not match checkpoint step-{self.start_step}: "
+                      "written again from it", file=sys.stderr)
         if acc.log_with:
             acc.init_trackers(cfg.name, config={k: str(v) for k, v in _flat(to_dict(cfg)).items()})
         losses: list[float] = []

@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the config's dtype)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the images, captions and manifest already in --output_dir (made with other settings or weights)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
             pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,
             guidance=args.guidance, condition_scale=args.condition_scale, size=args.size, shard=shard,
-            progress=not args.quiet,
+            progress=not args.quiet, overwrite=args.overwrite,
         )
     except errors as err:
         print(f"test.py: error: {one_line(err)}", file=sys.stderr)

@@ -141,6 +141,43 @@ def test_generate_split_resume_and_shards(tiny_run, data_root, tmp_path, monkeyp
     assert faces(limited) == {k: made[k] for k in ("100.jpg", "101.jpg")}
 
 
+def test_generate_split_never_trusts_a_stale_or_broken_output(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
+    from safetensors.torch import load_file, save_file
+
+    script = load_script("test")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    base = ["--run", str(run), "--split", "splits/test.txt", "--quiet", "--seed", "3"]
+    out = tmp_path / "out"
+    assert script.main([*base, "--root", str(data_root), "--output_dir", str(out)]) == 0
+    made = faces(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["weights"]) == 64 and manifest["root"] == str(data_root.resolve())
+
+    # a JPEG cut by a crash is not "done": it is generated again, identically
+    cut = out / "face" / "101.jpg"
+    cut.write_bytes(made["101.jpg"][: len(made["101.jpg"]) // 2])
+    capsys.readouterr()
+    assert script.main([*base, "--root", str(data_root), "--output_dir", str(out)]) == 0
+    assert "1 unreadable images" in capsys.readouterr().out and faces(out) == made
+
+    # another data root, or weights retrained in the same run folder: refused, nothing touched
+    other_root = tmp_path / "other-root"
+    shutil.copytree(data_root, other_root)
+    capsys.readouterr()
+    assert script.main([*base, "--root", str(other_root), "--output_dir", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "root", "--overwrite")
+    lora = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    save_file({k: v * 1.5 for k, v in lora.items()}, str(run / "pytorch_lora_weights.safetensors"))
+    assert script.main([*base, "--root", str(data_root), "--output_dir", str(out)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "weights", "--overwrite")
+    assert faces(out) == made
+    # --overwrite replaces them
+    assert script.main([*base, "--root", str(data_root), "--output_dir", str(out), "--overwrite"]) == 0
+    assert sorted(faces(out)) == sorted(made) and faces(out) != made
+    assert json.loads((out / "manifest.json").read_text())["weights"] != manifest["weights"]
+
+
 def test_generate_split_bad_inputs(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
     script = load_script("test")
     out = str(tmp_path / "out")

@@ -11,6 +11,7 @@ processes (`--shard i/n`, or automatically by RANK under torchrun / accelerate l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,8 +26,9 @@ SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs ne
 MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 # Settings that must match to resume into an existing output folder.
-RESUME_KEYS = ("run", "backbone", "seed", "steps", "guidance", "size", "condition_scale",
-               "gate_timestep_scale", "mask_latent", "max_sequence_length", "seeding")
+RESUME_KEYS = ("run", "weights", "backbone", "root", "split_spec", "seed", "steps", "guidance", "size",
+               "condition_scale", "gate_timestep_scale", "mask_latent", "max_sequence_length", "seeding")
+WEIGHT_FILES = ("pytorch_lora_weights.safetensors", "mogle.safetensors", "mogle.pt")
 
 
 class GenerationError(ValueError):
@@ -120,6 +122,40 @@ def _write_manifest(out: Path, settings: dict) -> None:
     atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
 
+def weights_digest(run_dir: Optional[str | os.PathLike]) -> Optional[str]:
+    """sha256 over the run's weight files: retrained weights in the same folder are other weights."""
+    if not run_dir:
+        return None
+    h = hashlib.sha256()
+    for name in WEIGHT_FILES:
+        path = Path(run_dir) / name
+        if path.is_file():
+            h.update(name.encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def intact(path: Path) -> bool:
+    """Does this image decode completely? (a crash or a full disk can leave a cut JPEG)"""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def clear_outputs(out: Path) -> None:
+    """--overwrite: remove what an earlier run wrote (its faces, captions and manifest)."""
+    for pattern in ("face/*.jpg", "text/*.txt", MANIFEST):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
 def check_resume(out: Path, settings: dict) -> None:
     """Refuse to add images made with other settings to an existing output folder."""
     path = out / MANIFEST
@@ -133,7 +169,7 @@ def check_resume(out: Path, settings: dict) -> None:
     if diffs:
         raise GenerationError(
             f"{out} holds images made with other settings ({'; '.join(diffs[:3])}): "
-            "use another --output_dir, or delete it to start over"
+            "use another --output_dir, or pass --overwrite to replace them"
         )
 
 
@@ -152,6 +188,7 @@ def generate_split(
     shard: Optional[tuple[int, int]] = None,
     progress: bool = True,
     log=print,
+    overwrite: bool = False,
 ) -> dict:
     """Generate the split's faces into `output_dir` with a FaceMoGLEPipeline; returns a summary.
 
@@ -192,16 +229,22 @@ def generate_split(
 
     out = check_output_dir(output_dir)
     settings = dict(
-        run=str(Path(pipe.run_dir).resolve()) if pipe.run_dir else None,
-        backbone=pipe.backbone.source, root=str(root), split=split, split_spec=spec,
+        run=str(Path(pipe.run_dir).resolve()) if pipe.run_dir else None, weights=weights_digest(pipe.run_dir),
+        backbone=pipe.backbone.source, root=str(root.resolve()), split=split, split_spec=spec,
         seed=seed, steps=steps, guidance=guidance, size=size, condition_scale=condition_scale,
         gate_timestep_scale=cfg.model.gate_timestep_scale, mask_latent=cfg.sample.mask_latent,
         max_sequence_length=cfg.sample.max_sequence_length,
         seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
     )
+    if overwrite:
+        clear_outputs(out)
     check_resume(out, settings)
 
-    todo = [i for i in ids if not (out / "face" / f"{i}.jpg").is_file()]
+    present = [i for i in ids if (out / "face" / f"{i}.jpg").is_file()]
+    broken = {i for i in present if not intact(out / "face" / f"{i}.jpg")}
+    if broken:
+        log(f"{len(broken)} unreadable images in {out / 'face'} (e.g. {min(broken)}.jpg, cut by a crash?): generating them again")
+    todo = [i for i in ids if not (out / "face" / f"{i}.jpg").is_file() or i in broken]
     skipped = len(ids) - len(todo)
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     log(f"{len(ids)} images in split {split!r}{where}: {skipped} already in {out / 'face'}, {len(todo)} to generate")

@@ -171,6 +171,25 @@ def test_interrupted_build_resumes_to_identical_files(built, root, tiny_backbone
     ds = CachedFaceDataset(open_cache(cfg, tiny_backbone, "both"), [11], train=False)
     assert ds[0]["caption"] == "A new caption."
 
+    # a face or mask replaced (or deleted) after the build: refused, naming it; only its shard re-encoded
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    shard_of = {i: sh["file"] for sh in manifest["shards"] for i in sh["ids"]}
+    os.utime(data / "face" / "5.jpg")  # touched, same bytes: no change
+    open_cache(cfg, tiny_backbone, "both")
+    shutil.copy(data / "face" / "6.jpg", data / "face" / "5.jpg")
+    with pytest.raises(CacheError, match=rf"faces or masks of 1 shard.*face/5.jpg in {shard_of[5]}.*face_mogle.data.cache"):
+        open_cache(cfg, tiny_backbone, "both")
+    stamps = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("shard-*")}
+    build_cache(cfg, "both", **quiet)
+    after = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "cache").glob("shard-*")}
+    assert [n for n in stamps if stamps[n] != after[n]] == [shard_of[5]]
+    ds = CachedFaceDataset(open_cache(cfg, tiny_backbone, "both"), [5, 6], train=False)
+    torch.testing.assert_close(ds[0]["face_mean"], ds[1]["face_mean"])  # 5 now holds 6's face
+    (data / "mask" / "7.png").rename(tmp_path / "7.png")
+    with pytest.raises(CacheError, match=r"mask/7.png \(missing\)"):
+        open_cache(cfg, tiny_backbone, "both")
+    (tmp_path / "7.png").rename(data / "mask" / "7.png")
+
 
 # ---------------------------------------------------------------------------------------------
 # Staleness

@@ -12,7 +12,7 @@ Layout of `data.cache_dir`:
 
     manifest.json             format version, backbone identity (+ encoder weight digests), size,
                               global_map, max_sequence_length, dtype, text, shard_size, ids, and the
-                              shard list (file, ids, bytes, caption digest per shard)
+                              shard list (file, ids, bytes, caption digest, face/mask fingerprints per shard)
     shared.safetensors        empty_map_mean/std [C,h,w]; empty_prompt_embeds [L,D]; empty_pooled_embeds [Dp]
     shard-00000.safetensors   per shard of n samples (metadata "captions": JSON list per sample):
         ids [n] · face_mean/face_std [n,C,h,w] · map_mean/map_std [M,C,h,w] (the non-empty maps)
@@ -161,6 +161,51 @@ def _short(x, limit: int = 80) -> str:
 def _captions_digest(ids: Sequence[int], captions: dict) -> str:
     h = hashlib.sha1(json.dumps([[int(i), list(captions[i])] for i in ids], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
+
+
+SOURCES = ("face/{}.jpg", "mask/{}.png")  # the files an entry is encoded from (captions: captions_sha1)
+
+
+def _content_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _source_fingerprints(root: Path, ids: Sequence[int]) -> dict:
+    """{id: [[size, mtime_ns, content digest] per source file]}, recorded per shard at build time."""
+    out = {}
+    for i in ids:
+        entry = []
+        for pattern in SOURCES:
+            path = Path(root) / pattern.format(i)
+            st = path.stat()
+            entry.append([st.st_size, st.st_mtime_ns, _content_digest(path)])
+        out[str(i)] = entry
+    return out
+
+
+def _changed_source(root: Path, shard: dict) -> Optional[str]:
+    """The first source file of the shard that changed since it was encoded (None: all the same).
+    Size and mtime are the fast path; where they differ the content decides (a copy or a touch
+    that kept the bytes is no change)."""
+    recorded = shard.get("sources")
+    if recorded is None:
+        return "(no source fingerprints: built by an older version)"
+    for i in shard["ids"]:
+        for pattern, (size, mtime, digest) in zip(SOURCES, recorded[str(i)]):
+            path = Path(root) / pattern.format(i)
+            try:
+                st = path.stat()
+            except OSError:
+                return f"{path} (missing)"
+            if (st.st_size, st.st_mtime_ns) == (size, mtime):
+                continue
+            if st.st_size != size or _content_digest(path) != digest:
+                return str(path)
+    return None
 
 
 def build_command(cfg, config_path: Optional[str] = None, overwrite: bool = False) -> str:
@@ -378,6 +423,12 @@ def open_cache(cfg, backbone, split: Optional[str] = "train", config_path: Optio
             if changed:
                 raise CacheError(f"{where} is stale: the captions of {len(changed)} shard(s) changed since it was "
                                  f"built (e.g. {changed[0]}); update it with: {build_command(cfg, config_path)}")
+            changed = [(sh["file"], why) for sh in manifest["shards"] if set(wanted).intersection(sh["ids"])
+                       and (why := _changed_source(Path(cfg.data.root), sh))]
+            if changed:
+                raise CacheError(f"{where} is stale: faces or masks of {len(changed)} shard(s) changed since it was "
+                                 f"built (e.g. {changed[0][1]} in {changed[0][0]}); update it with: "
+                                 f"{build_command(cfg, config_path)}")
     return cache
 
 
@@ -678,6 +729,8 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
         ok = _shard_ok(cache_dir, shard)
         if ok and all(i in captions for i in shard["ids"]):  # captions changed since → re-encode
             ok = _captions_digest(shard["ids"], captions) == shard["captions_sha1"]
+        if ok:  # a face or mask replaced, touched with new bytes or deleted since → re-encode
+            ok = _changed_source(root, shard) is None
         if not ok:
             check_files(root, shard["ids"], captions, need_faces=True)
             todo.append((s, list(shard["ids"])))
@@ -745,7 +798,8 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
             meta = {"captions": json.dumps([captions[i] for i in shard_ids], ensure_ascii=False)}
             atomic_save_safetensors(tensors, cache_dir / name, metadata=meta)
             record = {"file": name, "ids": list(shard_ids), "bytes": (cache_dir / name).stat().st_size,
-                      "captions_sha1": _captions_digest(shard_ids, captions)}
+                      "captions_sha1": _captions_digest(shard_ids, captions),
+                      "sources": _source_fingerprints(root, shard_ids)}
             if pos is not None:
                 manifest["shards"][pos] = record
             else:

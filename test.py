@@ -10,6 +10,7 @@ and shard (`--shard i/n`; automatic by RANK under `torchrun` / `accelerate launc
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -73,6 +74,11 @@ def main(argv=None) -> int:
     except errors as err:
         print(f"test.py: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. the disk filled up: the images written so far are complete
+        what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        print(f"test.py: error: {what} at {err.filename or args.output_dir}; images written so far are complete: "
+              "free space and rerun the same command to continue", file=sys.stderr)
+        return 1
     rate = summary["generated"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     print(f"generated {summary['generated']} images ({summary['skipped']} skipped) in "
           f"{summary['seconds']:.1f} s ({rate:.2f} img/s) -> {summary['output_dir']}")

@@ -6,6 +6,7 @@
 """
 
 import argparse
+import errno
 import sys
 
 
@@ -46,6 +47,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the newest checkpoint is intact; continue with --resume latest", file=sys.stderr)
         return 130
+    except OSError as err:  # the disk filled up, a folder became unwritable: one line, checkpoints intact
+        where = err.filename or "the run folder"
+        what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        print(f"error: {what} at {where}; the newest complete checkpoint is intact: free space, then "
+              "continue with --resume latest", file=sys.stderr)
+        return 1
     print(f"done: run folder {trainer.run_dir}")
     return 0
 

@@ -81,6 +81,13 @@ def test_split_reader(data_root, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "2")
     assert shard_from_env() == (2, 3)
+    for rank, world in (("3", "3"), ("x", "2"), ("0", "-1")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", world)
+        with pytest.raises(GenerationError, match="RANK=.*WORLD_SIZE"):
+            shard_from_env()
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
     assert len({image_seed(s, i) for s in (0, 1, 42) for i in range(30000)}) == 90000
 
 

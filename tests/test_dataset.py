@@ -193,3 +193,14 @@ def test_test_split_uses_the_first_caption_and_no_dropout(root):
     assert train.train and len(train) == 11
     item = train[0]  # probabilities 1: everything dropped
     assert item["caption"] == "" and item["drop_maps"].all()
+
+
+def test_empty_caption_is_an_error_naming_it(tmp_path):
+    import json
+
+    from face_mogle.data.dataset import DataError, read_captions
+
+    (tmp_path / "text.json").write_text(json.dumps({"0.jpg": ["A man."], "1.jpg": ["A woman.", "  "]}))
+    assert read_captions(tmp_path, [0]) == {0: ["A man."]}
+    with pytest.raises(DataError, match='"1.jpg" has an empty caption'):
+        read_captions(tmp_path, [0, 1])

@@ -324,6 +324,11 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
     line = assert_one_line_error(run_cli("--fake", str(tmp_path / "fake"), "--out", out, "--batch_size", "0"))
     assert "must be >= 1" in line
     assert_one_line_error(run_cli("--out", out))  # --fake missing
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # --out under a file: refused before any metric is computed
+    line = assert_one_line_error(run_cli("--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "fake"),
+                                         "--out", str(blocker / "r.json"), "--metrics", "fid"))
+    assert f"cannot write {blocker / 'r.json'}" in line
 
 
 def test_pairing_by_id_reports_missing_ids(tmp_path):

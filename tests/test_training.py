@@ -208,6 +208,34 @@ def test_export_is_one_unit_and_resume_repairs_it(data, tmp_path, capsys, mode):
     assert trainer.export_is_current(2)
 
 
+def test_full_disk_is_one_line_and_leftovers_are_cleaned(data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    sys.path.insert(0, str(ROOT))
+    import train as train_script
+
+    run = tmp_path / "t"
+    (run / "checkpoints" / ".step-7.abc.tmp").mkdir(parents=True)  # from a save a kill interrupted
+    (run / ".export.xyz.tmp").mkdir()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoints" / ".step-1.tmp"))
+
+    monkeypatch.setattr("face_mogle.training.trainer.save_checkpoint", full)
+    args = ["--config", str(ROOT / "configs/tiny.yaml")] + [a for o in cfg_overrides(data, tmp_path, 1) for a in ("--set", o)]
+    assert train_script.main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # (progress bar aside)
+    assert len(err) == 1 and "no space left on device at" in err[0] and "--resume latest" in err[0]
+    assert "Traceback" not in err[0]
+    assert not list(run.rglob("*.tmp"))  # the interrupted saves' folders are gone
+
+
+def cfg_overrides(data, runs, steps):
+    return [f"data.root={data}", f"train.runs_dir={runs}", "data.size=32", "data.condition_size=32",
+            "train.batch_size=2", "max_sequence_length=48", "train.sample_interval=0", "name=t",
+            f"train.max_steps={steps}", "train.tracker=none"]
+
+
 def run_cli(args, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)

@@ -78,9 +78,13 @@ def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 def shard_from_env() -> Optional[tuple[int, int]]:
     """(RANK, WORLD_SIZE) under torchrun / accelerate launch with more than one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    raw_world, raw_rank = os.environ.get("WORLD_SIZE", "1") or "1", os.environ.get("RANK", "0") or "0"
+    if not (raw_world.strip().isdigit() and raw_rank.strip().isdigit()) or not 0 <= int(raw_rank) < max(1, int(raw_world)):
+        raise GenerationError(f"RANK={raw_rank!r} / WORLD_SIZE={raw_world!r} from the environment are not a valid "
+                              "process rank and count (0 <= RANK < WORLD_SIZE)")
+    world = int(raw_world)
     if world > 1:
-        return int(os.environ.get("RANK", "0") or 0), world
+        return int(raw_rank), world
     return None
 
 

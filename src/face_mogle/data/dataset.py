@@ -74,6 +74,9 @@ def read_captions(root: str | os.PathLike, ids: list[int]) -> dict[int, list[str
             entry = data.get(f"{i}.jpg", data.get(str(i)))
             if entry is not None:
                 captions[i] = [entry] if isinstance(entry, str) else [str(c) for c in entry]
+                if not captions[i] or any(not c.strip() for c in captions[i]):
+                    # "" is what caption dropout feeds: a blank caption in the data is a mistake
+                    raise DataError(f'{table}: "{i}.jpg" has an empty caption (or none); fix or remove it')
     for i in ids:
         if i not in captions:
             path = root / "text" / f"{i}.txt"

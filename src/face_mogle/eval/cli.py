@@ -220,6 +220,17 @@ def _versions() -> dict:
     return out
 
 
+def _check_writable(path: Path) -> None:
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-", suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise EvalError(f"cannot write {path}: {err.strerror or err}") from None
+
+
 def evaluate(args) -> dict:
     """Run the requested metrics; the JSON is rewritten after each, so finished ones survive a crash."""
     out = Path(args.out)
@@ -227,6 +238,8 @@ def evaluate(args) -> dict:
         raise EvalError(f"--out {out} is a directory; give a file name such as {out / 'eval.json'}")
     if args.report and Path(args.report).is_dir():
         raise EvalError(f"--report {args.report} is a directory; give a file name ending in .html")
+    for target in [out] + ([Path(args.report)] if args.report else []):
+        _check_writable(target)  # before minutes of metrics, not after the first one
     pairing, summary = resolve_inputs(args)
     paths = model_paths(args)
     check_weights(args, paths)

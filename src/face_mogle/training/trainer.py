@@ -177,7 +177,8 @@ class Trainer:
         from ..config import load_config
 
         if resume is None:
-            held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists()]
+            held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists() and name != "checkpoints"]
+            held = (["checkpoints"] if list_checkpoints(self.run_dir) else []) + held
             if held and not overwrite:
                 raise TrainingError(
                     f"run folder {self.run_dir} already holds a run ({', '.join(held)}): pass --resume latest to "
@@ -368,6 +369,9 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # folders of saves or exports a kill interrupted: never complete, never read
+            for leftover in [*self.run_dir.glob(".export.*.tmp"), *self.run_dir.glob("checkpoints/.step-*.tmp")]:
+                shutil.rmtree(leftover, ignore_errors=True)
             save_config(cfg, self.run_dir / "config.yaml")
             if self.start_step > 0 and not self.export_is_current(self.start_step):
                 # a kill between the export's files, or a lost file: write it again from the checkpoint

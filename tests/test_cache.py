@@ -197,7 +197,7 @@ def test_interrupted_build_resumes_to_identical_files(built, root, tiny_backbone
 
 @pytest.mark.parametrize("override, words", [
     (f"data.size={2 * SIZE}", "data.size=32, this config has 64"),
-    ("model.global_map=palette", "model.global_map='official', this config has 'palette'"),
+    ("model.global_map=gray", "model.global_map='palette', this config has 'gray'"),
     ("max_sequence_length=48", "max_sequence_length=32, this config has 48"),
     ("data.train_split=0-12", "lacks 1 of the 13 ids of the train split \\(e.g. 12\\)"),
 ])
@@ -209,6 +209,15 @@ def test_stale_cache_is_refused_in_one_line(built, tiny_backbone, override, word
     msg = str(err.value)
     assert "\n" not in msg
     assert f"python -m face_mogle.data.cache --config configs/tiny.yaml --set data.cache_dir={built.data.cache_dir}" in msg
+
+
+def test_cache_built_under_the_old_grey_name_serves_gray(built, tiny_backbone, tmp_path):
+    cache = shutil.copytree(built.data.cache_dir, tmp_path / "old")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    (cache / "manifest.json").write_text(json.dumps(dict(manifest, global_map="official")))
+    open_cache(make_cfg(built.data.root, cache, "model.global_map=gray"), tiny_backbone, "train")
+    with pytest.raises(CacheError, match="'official' \\(the old name of 'gray'\\), this config has 'palette'"):
+        open_cache(make_cfg(built.data.root, cache), tiny_backbone, "train")
 
 
 def test_other_backbone_weights_are_refused(built, tiny_backbone):

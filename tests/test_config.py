@@ -98,3 +98,12 @@ def test_every_float_notation_and_bounds(tmp_path):
                      ("sample.max_size=256", "sample.max_size")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [bad])
+
+
+def test_old_global_map_name_is_a_clear_error(tmp_path):
+    assert load_config().model.global_map == "palette" == load_config("configs/face-mogle.yaml").model.global_map
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  global_map: official\n")
+    with pytest.raises(ConfigError, match=r"old.yaml: .*'official' was renamed.*global_map: gray"):
+        load_config(path)
+    assert load_config(None, ["model.global_map=gray"]).model.global_map == "gray"

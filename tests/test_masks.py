@@ -177,13 +177,13 @@ def test_save_label_map_atomic_l_png(tmp_path):
 # ---- condition stack -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("global_mode", ["official", "palette"])
+@pytest.mark.parametrize("global_mode", ["gray", "palette"])
 def test_condition_stack_values(global_mode):
     labels = all_labels()
     stack = condition_stack(labels, global_mode)
     assert stack.shape == (NUM_MAPS, 3, *labels.shape) and stack.dtype == np.float32
     assert stack.min() >= 0.0 and stack.max() <= 1.0
-    if global_mode == "official":
+    if global_mode == "gray":
         expected = np.broadcast_to(labels / 255.0, (3, *labels.shape))
     else:
         expected = PALETTE[labels].transpose(2, 0, 1) / 255.0
@@ -194,7 +194,7 @@ def test_condition_stack_values(global_mode):
     np.testing.assert_array_equal(stack[1:, 0].sum(0), 1.0)  # each pixel in exactly one local map
 
 
-@pytest.mark.parametrize("global_mode", ["official", "palette"])
+@pytest.mark.parametrize("global_mode", ["gray", "palette"])
 def test_torch_and_numpy_stacks_agree(global_mode):
     batch = np.stack([all_labels(seed=s) for s in range(3)])
     t = condition_stack_torch(torch.from_numpy(batch).long(), global_mode)
@@ -211,9 +211,11 @@ def test_torch_and_numpy_stacks_agree(global_mode):
         condition_stack_torch(torch.full((1, 4, 4), 19), global_mode)
     with pytest.raises(ValueError, match="global_mode"):
         condition_stack(batch[0], "rainbow")
+    with pytest.raises(ValueError, match="'official' was renamed.*'gray'.*'palette'"):
+        condition_stack(batch[0], "official")
 
 
-@pytest.mark.parametrize("global_mode", ["official", "palette"])
+@pytest.mark.parametrize("global_mode", ["gray", "palette"])
 def test_stack_round_trip_is_exact(global_mode):
     labels = all_labels()
     assert set(np.unique(labels)) == set(range(NUM_CLASSES))
@@ -233,7 +235,7 @@ def test_labels_from_stack_checks_its_input():
         labels_from_stack(wrong_global)
     np.testing.assert_array_equal(labels_from_stack(wrong_global, global_mode=None), labels)
     with pytest.raises(MaskError, match="global map disagrees"):
-        labels_from_stack(stack, "palette")  # an official stack is not a palette stack
+        labels_from_stack(stack, "gray")  # a palette stack is not a gray stack
     dropped = drop_local_maps(stack, np.eye(NUM_CLASSES, dtype=bool)[3])
     with pytest.raises(MaskError, match="no class"):
         labels_from_stack(dropped)
@@ -256,3 +258,19 @@ def test_drop_local_maps_numpy_and_torch():
     out_np = drop_local_maps(stack.numpy(), drop.numpy())
     np.testing.assert_array_equal(out_np, out.numpy())
     assert stack[0, 1].any()  # the input is left alone
+
+
+@pytest.mark.parametrize("stored", ["P", "RGB"])
+def test_default_global_map_is_the_mask_file_rendered_as_stored(tmp_path, stored):
+    """DESIGN §2: the official global map is Image.open(mask).convert("RGB"); the data set's masks
+    are palette-indexed PNGs with the CelebAMask-HQ palette (or painted in it)."""
+    from PIL import Image
+
+    labels = all_labels()
+    img = Image.fromarray(labels, "P")
+    img.putpalette([int(v) for v in PALETTE.ravel()])
+    path = tmp_path / "mask.png"
+    (img if stored == "P" else img.convert("RGB")).save(path)
+    official = np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1) / 255.0
+    ours = condition_stack(load_label_map(path))[0]  # the default mode
+    np.testing.assert_array_equal(ours, official.astype(np.float32))

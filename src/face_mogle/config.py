@@ -63,7 +63,9 @@ class ModelConfig:
     # The gate is trained with t in [0,1]; the official inference fed the scheduler's t in
     # [0,1000]. 1.0 is the consistent choice; 1000.0 reproduces the official sampler.
     gate_timestep_scale: float = 1.0
-    global_map: str = "official"  # "official": label/255 grey map; "palette": coloured classes
+    # "palette": classes in palette colours (the official code's global map for the data set's
+    # palette-indexed masks, what the released weights saw); "gray": label/255 grey
+    global_map: str = "palette"
     # Initial gate weight of the global expert (0 = the official initialisation, about 1/20);
     # only the starting point of training: weights files do not depend on it.
     gate_global_prior: float = 0.0
@@ -273,7 +275,12 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return from_dict(apply_overrides(data, overrides or []))
+    try:
+        return from_dict(apply_overrides(data, overrides or []))
+    except ConfigError as err:
+        if path is None or str(path) in str(err):
+            raise
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -284,7 +291,12 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     _choice("dtype", cfg.dtype, ("float32", "bfloat16", "float16"))
-    _choice("model.global_map", cfg.model.global_map, ("official", "palette"))
+    if cfg.model.global_map == "official":
+        from .data.masks import RENAMED_GLOBAL_MODE
+
+        raise ConfigError(f"config key 'model.global_map': {RENAMED_GLOBAL_MODE}. Set model.global_map: gray to "
+                          "keep what this config did, or palette for the released weights")
+    _choice("model.global_map", cfg.model.global_map, ("palette", "gray"))
     _choice("model.experts", cfg.model.experts, ("all", "global", "local"))
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))

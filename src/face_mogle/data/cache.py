@@ -254,8 +254,12 @@ def _settings_difference(manifest: dict, cfg, identity: Optional[dict], text: Op
              "max_sequence_length": "max_sequence_length", "dtype": "dtype",
              "format_version": "cache format version"}
     for key, value in wanted.items():
-        if manifest.get(key) != value:
-            return f"it was built with {names[key]}={manifest.get(key)!r}, this config has {value!r}"
+        built = manifest.get(key)
+        if key == "global_map" and built == "official":
+            built = "gray"  # the old name of the grey map: such a cache serves a gray config
+        if built != value:
+            renamed = " (the old name of 'gray')" if manifest.get(key) == "official" else ""
+            return f"it was built with {names[key]}={manifest.get(key)!r}{renamed}, this config has {value!r}"
     if identity is not None:
         return _identity_difference(manifest.get("backbone", {}), identity)
     return None

@@ -18,7 +18,15 @@ from PIL import Image
 from face_mogle.labels import NUM_CLASSES, NUM_MAPS, PALETTE
 from face_mogle.utils import atomic_write
 
-GLOBAL_MODES = ("official", "palette")
+# "palette": the classes in CelebAMask-HQ palette colours — what the official code's
+# Image.open(mask).convert("RGB") gives for the data set's palette-indexed masks (DESIGN §2–§3),
+# so what the released weights saw; "gray": label / 255, what convert("RGB") gives for an 8-bit
+# grey label map (a nearly black image).
+GLOBAL_MODES = ("palette", "gray")
+RENAMED_GLOBAL_MODE = (
+    "'official' was renamed: it meant the label/255 grey map, now called 'gray'; the official code's "
+    "global map is the mask in palette colours, now 'palette' (the default, what the released weights saw)"
+)
 _ARRAY_NAME = "<array>"
 
 
@@ -173,15 +181,17 @@ def save_label_map(labels: Any, path: str | os.PathLike) -> None:
 
 
 def _check_mode(global_mode: str) -> None:
+    if global_mode == "official":
+        raise ValueError(f"global_mode {RENAMED_GLOBAL_MODE}")
     if global_mode not in GLOBAL_MODES:
         raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {global_mode!r}")
 
 
-def condition_stack(labels: Any, global_mode: str = "official") -> np.ndarray:
+def condition_stack(labels: Any, global_mode: str = "palette") -> np.ndarray:
     """Label map [H, W] -> float32 [20, 3, H, W] in [0, 1] (DESIGN §2).
 
-    Index 0, global map: "official" = label / 255 on all 3 channels (the label PNG converted to
-    RGB, as the official code does); "palette" = PALETTE colour / 255.
+    Index 0, global map: "palette" = PALETTE colour / 255 (the data set's palette-indexed mask
+    converted to RGB, as the official code does); "gray" = label / 255 on all 3 channels.
     Index c + 1, local map of class c: 1.0 where label == c, else 0, on all 3 channels.
     A torch tensor input ([H, W] or [B, H, W]) is handed to `condition_stack_torch`.
     """
@@ -191,7 +201,7 @@ def condition_stack(labels: Any, global_mode: str = "official") -> np.ndarray:
     labels = _check_labels(np.asarray(labels), _ARRAY_NAME)
     h, w = labels.shape
     out = np.empty((NUM_MAPS, 3, h, w), dtype=np.float32)
-    if global_mode == "official":
+    if global_mode == "gray":
         out[0] = labels.astype(np.float32) / 255.0
     else:
         out[0] = PALETTE[labels].transpose(2, 0, 1).astype(np.float32) / 255.0
@@ -200,7 +210,7 @@ def condition_stack(labels: Any, global_mode: str = "official") -> np.ndarray:
     return out
 
 
-def condition_stack_torch(labels, global_mode: str = "official", dtype=None):
+def condition_stack_torch(labels, global_mode: str = "palette", dtype=None):
     """Torch version of `condition_stack`: labels [B, H, W] (or [H, W]) -> [B, 20, 3, H, W].
 
     Stays on the labels' device; dtype defaults to float32.
@@ -221,7 +231,7 @@ def condition_stack_torch(labels, global_mode: str = "official", dtype=None):
             bad = torch.unique(labels[(labels < 0) | (labels >= NUM_CLASSES)]).cpu().numpy()
             raise MaskError(f"{_ARRAY_NAME}: label values outside 0..{NUM_CLASSES - 1}: {_few(bad)}")
 
-    if global_mode == "official":
+    if global_mode == "gray":
         glob = (labels.to(dtype) / 255.0)[:, None].expand(-1, 3, -1, -1)
     else:
         palette = torch.as_tensor(PALETTE, device=labels.device).to(dtype) / 255.0
@@ -232,7 +242,7 @@ def condition_stack_torch(labels, global_mode: str = "official", dtype=None):
     return stack[0] if unbatched else stack
 
 
-def labels_from_stack(stack: Any, global_mode: str | None = "official") -> np.ndarray:
+def labels_from_stack(stack: Any, global_mode: str | None = "palette") -> np.ndarray:
     """Inverse of `condition_stack`: [20, 3, H, W] (or [B, 20, 3, H, W]) -> uint8 [H, W] ([B, H, W]).
 
     The local maps decide; every pixel must be on in exactly one of them. The global map is

@@ -185,6 +185,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the run config's)")
+    p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="run config override (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 serves your network")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
@@ -199,11 +200,11 @@ def main(argv=None) -> int:
         hint = " (the tiny demo model is missing: `git checkout checkpoints/face-mogle-tiny` restores it, `bash script/train_tiny.sh` remakes it)" if run.resolve() == DEFAULT_RUN else ""
         print(f"app.py: error: run folder {run} not found or has no config.yaml{hint}; pass --run RUN", file=sys.stderr)
         return 2
-    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, user_errors
+    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, preset_overrides, user_errors
 
     try:
         pipe = FaceMoGLEPipeline.from_run(run, pretrained=args.pretrained, device=args.device, dtype=args.dtype,
-                                          overrides=args.overrides)
+                                          overrides=preset_overrides(args.preset) + args.overrides)
     except user_errors() as err:
         print(f"app.py: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -59,6 +59,7 @@ def parse_args(argv):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the run config's dtype)")
+    p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (the official sampler's gate input) or sample.mask_latent=sample (repeatable)")
     p.add_argument("--gates", action="store_true", help="also write OUTPUT_gates.png, the MoGLE expert map")
@@ -154,7 +155,8 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float) -> li
         seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
-        device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides),
+        device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
+        global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
         output=str(out), gates=None if gates_path is None else str(gates_path),
         gate_mean=None if not result.gate_weights else [round(float(v), 6) for v in result.gate_weights[0].mean(0)],
         seconds=round(seconds, 3), load_seconds=round(load_seconds, 3),
@@ -182,12 +184,12 @@ def main(argv=None) -> int:
         print(f"inference.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
-    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, user_errors
+    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, preset_overrides, user_errors
 
     try:
         start = time.perf_counter()
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=args.device,
-                                          dtype=args.dtype, overrides=args.overrides)
+                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         loaded = time.perf_counter()
         result = pipe(args.prompt or "", args.mask, seeds=[args.seed], steps=args.steps, guidance=args.guidance,
                       condition_scale=args.condition_scale, size=args.size, batch_size=1, return_gates=args.gates)

@@ -28,7 +28,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--run", required=True, help="run folder: config.yaml, pytorch_lora_weights.safetensors, mogle.safetensors (or mogle.pt)")
     p.add_argument("--root", default=None, help="data root with mask/{id}.png and text.json or text/{id}.txt (default: the run config's data.root)")
-    p.add_argument("--split", default="test", help="'test' or 'train' (the config's data.test_split / data.train_split), or a split itself: 'START-END' or an id-list file relative to --root (default: test)")
+    p.add_argument("--split", default="test", help="'test' or 'train' (the config's data.test_split / data.train_split), 'all' (every id with a mask in --root, e.g. the zero-shot MM-FFHQ-Female), or a split itself: 'START-END' or an id-list file relative to --root (default: test)")
     p.add_argument("--output_dir", required=True, help="where face/, text/ and manifest.json go; ids already in face/ are skipped")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--limit", type=int, default=None, help="only the first N ids of the split (applied before sharding)")
@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda, cuda:LOCAL_RANK under a launcher, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the config's dtype)")
+    p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (repeatable)")
     p.add_argument("--overwrite", action="store_true",
@@ -52,7 +53,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from face_mogle.generate_split import GenerationError, generate_split, parse_shard, shard_from_env
-    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, user_errors
+    from face_mogle.pipeline import FaceMoGLEPipeline, one_line, preset_overrides, user_errors
 
     errors = user_errors() + (GenerationError,)
     try:
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             if torch.cuda.is_available():
                 device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=device,
-                                          dtype=args.dtype, overrides=args.overrides)
+                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         summary = generate_split(
             pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,

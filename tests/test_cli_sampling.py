@@ -148,6 +148,18 @@ def test_generate_split_resume_and_shards(tiny_run, data_root, tmp_path, monkeyp
     assert faces(limited) == {k: made[k] for k in ("100.jpg", "101.jpg")}
 
 
+def test_split_all_takes_every_mask_in_the_folder(tiny_run, data_root, tmp_path):  # noqa: F811
+    script = load_script("test")
+    out = tmp_path / "all"
+    args = ["--run", str(tiny_run), "--root", str(data_root), "--split", "all", "--quiet", "--output_dir", str(out)]
+    assert script.main(args) == 0
+    assert sorted(faces(out)) == sorted(f"{i}.jpg" for i in IDS)
+    assert json.loads((out / "manifest.json").read_text())["split"] == "all"
+    empty = tmp_path / "empty"
+    (empty / "mask").mkdir(parents=True)
+    assert script.main(["--run", str(tiny_run), "--root", str(empty), "--split", "all", "--output_dir", str(tmp_path / "o")]) == 2
+
+
 def test_generate_split_never_trusts_a_stale_or_broken_output(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
     from safetensors.torch import load_file, save_file
 
@@ -219,7 +231,7 @@ def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
     out = tmp_path / "out" / "face.png"
     res = run_cli(ROOT / "inference.py", "--run", tiny_run, "--prompt", "She has blond hair.", "--mask", mask,
                   "--output", out, "--seed", 5, "--steps", 2, "--size", 24, "--gates",
-                  "--set", "model.gate_timestep_scale=1000")
+                  "--preset", ROOT / "configs" / "official-sampler.yaml", "--set", "sample.mask_latent=mode")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert Image.open(out).size == (24, 24)
@@ -228,6 +240,8 @@ def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
     assert meta["prompt"] == "She has blond hair." and meta["mask"] == str(mask)
     assert (meta["seed"], meta["steps"], meta["size"], meta["guidance"]) == (5, 2, 24, 3.5)
     assert meta["gate_timestep_scale"] == 1000.0 and meta["mode"] == "mask+text" and meta["backbone"] == "tiny"
+    # the preset's keys, with the command line's --set applied after it
+    assert (meta["local_maps"], meta["global_map"], meta["mask_latent"]) == ("blank", "palette", "mode")
     assert meta["condition_scale"] == 1.0 and meta["seconds"] > 0 and len(meta["gate_mean"]) == 20
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 

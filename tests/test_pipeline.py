@@ -175,3 +175,32 @@ def test_bad_inputs(pipe, tmp_path):
         pipe("a", np.full((8, 8), 40, np.uint8), [0])
     with pytest.raises(SamplingError, match="run folder not found"):
         FaceMoGLEPipeline.from_run(tmp_path / "nope")
+
+
+def test_official_sampler_preset_sets_all_four_and_blanks_local_maps(tiny_run):
+    from pathlib import Path
+
+    from face_mogle.encoding import encode_images
+    from face_mogle.pipeline import preset_overrides
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "official-sampler.yaml"
+    official = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=preset_overrides(preset))
+    cfg = official.cfg
+    assert (cfg.model.gate_timestep_scale, cfg.model.global_map, cfg.sample.mask_latent, cfg.sample.local_maps) == \
+        (1000.0, "palette", "sample", "blank")
+    ours = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=["sample.mask_latent=sample"])
+    labels = draw_mask(3, SIZE)
+    gens = lambda: [torch.Generator().manual_seed(0)]  # noqa: E731
+    blank, real = official.encode_masks([labels], SIZE, gens()), ours.encode_masks([labels], SIZE, gens())
+    empty = encode_images(ours.backbone.vae, torch.zeros(1, 3, SIZE, SIZE))[0]
+    # the global map is the same; every local map is the empty map's latent (here its mode: the
+    # posterior sample differs per map only through the generator's stream)
+    assert torch.equal(blank[0, 0], real[0, 0])
+    present = [c for c in range(19) if (labels == c).any()]
+    assert present and not torch.allclose(real[0, 1 + present[0]], blank[0, 1 + present[0]])
+    mode = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=preset_overrides(preset) + ["sample.mask_latent=mode"])
+    blank_mode = mode.encode_masks([labels], SIZE, gens())
+    for c in range(19):
+        torch.testing.assert_close(blank_mode[0, 1 + c], empty)
+    with pytest.raises(SamplingError, match="preset not found"):
+        preset_overrides("configs/nope.yaml")

@@ -134,6 +134,10 @@ class SampleConfig:
     max_sequence_length: int = 512  # T5 tokens
     condition_scale: float = 1.0
     mask_latent: str = "mode"  # "mode" or "sample" of the VAE posterior for mask maps
+    # "real": one binary map per class (as training builds them); "blank": all 19 local maps empty,
+    # as the official inference.py/test.py build them (a PIL-vs-int comparison bug, DESIGN §3) —
+    # only to reproduce the published numbers
+    local_maps: str = "real"
     # Largest image side a sampler accepts: FLUX.1-dev is trained up to ~2 MP; past this a typo such
     # as 4096 would allocate gigabytes (and on a CPU, hold the demo's queue for minutes)
     max_size: int = 2048
@@ -303,6 +307,7 @@ def validate(cfg: Config) -> None:
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
+    _choice("sample.local_maps", cfg.sample.local_maps, ("real", "blank"))
     _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
     if not 0.0 <= cfg.model.gate_global_prior < 1.0:
         raise ConfigError(f"config key 'model.gate_global_prior' must be in [0, 1), got {cfg.model.gate_global_prior}")

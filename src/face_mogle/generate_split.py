@@ -27,7 +27,8 @@ MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 # Settings that must match to resume into an existing output folder.
 RESUME_KEYS = ("run", "weights", "backbone", "root", "split_spec", "seed", "steps", "guidance", "size",
-               "condition_scale", "gate_timestep_scale", "mask_latent", "max_sequence_length", "seeding")
+               "condition_scale", "gate_timestep_scale", "mask_latent", "local_maps", "global_map",
+               "max_sequence_length", "seeding")
 WEIGHT_FILES = ("pytorch_lora_weights.safetensors", "mogle.safetensors", "mogle.pt")
 
 
@@ -46,6 +47,15 @@ def read_split_ids(root: str | os.PathLike, spec: str) -> list[int]:
         return read_split(root, spec)
     except DataError as err:
         raise GenerationError(str(err)) from None
+
+
+def all_ids(root: str | os.PathLike) -> list[int]:
+    """`--split all`: every id with a mask in the folder (a zero-shot set such as MM-FFHQ-Female
+    has the MM-CelebA-HQ layout and no split file)."""
+    ids = sorted(int(p.stem) for p in (Path(root) / "mask").glob("*.png") if p.stem.isdigit())
+    if not ids:
+        raise GenerationError(f"--split all: no mask/{{id}}.png in {root}")
+    return ids
 
 
 def first_captions(root: str | os.PathLike, ids: Sequence[int]) -> dict[int, str]:
@@ -221,7 +231,7 @@ def generate_split(
     size = pipe.check_size(cfg.sample.size if size is None else size)
 
     spec = split_spec(split, cfg.data)
-    ids = read_split_ids(root, spec)
+    ids = all_ids(root) if split == "all" else read_split_ids(root, spec)
     if limit is not None:
         ids = ids[:limit]
     ids = take_shard(ids, shard)
@@ -237,6 +247,7 @@ def generate_split(
         backbone=pipe.backbone.source, root=str(root.resolve()), split=split, split_spec=spec,
         seed=seed, steps=steps, guidance=guidance, size=size, condition_scale=condition_scale,
         gate_timestep_scale=cfg.model.gate_timestep_scale, mask_latent=cfg.sample.mask_latent,
+        local_maps=cfg.sample.local_maps, global_map=cfg.model.global_map,
         max_sequence_length=cfg.sample.max_sequence_length,
         seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
     )

@@ -47,6 +47,33 @@ class SamplingError(ValueError):
     """Bad sampling input (run folder, size, steps, ...): a one-line message for the user."""
 
 
+def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
+    """A preset file (YAML, a partial config such as configs/official-sampler.yaml) as `--set`
+    overrides, applied on top of a run's config before the command line's own `--set`s."""
+    if not path:
+        return []
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SamplingError(f"preset not found: {path} (e.g. configs/official-sampler.yaml)") from None
+    except (OSError, yaml.YAMLError) as err:
+        raise SamplingError(f"preset {path} is not readable YAML: {one_line(err)}") from None
+    if not isinstance(data, dict):
+        raise SamplingError(f"preset {path} must hold a mapping of config keys")
+
+    def flat(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+    return list(flat(data))
+
+
 def user_errors() -> tuple[type, ...]:
     """Exception types whose message is meant for the user (the CLIs print them as one line)."""
     from .models.builder import BackboneError
@@ -263,7 +290,10 @@ class FaceMoGLEPipeline:
             if lab is None:
                 stacks.append(torch.zeros(NUM_MAPS, 3, size, size))
             else:
-                stacks.append(condition_stack_torch(torch.from_numpy(np.array(lab)), self.cfg.model.global_map))
+                stack = condition_stack_torch(torch.from_numpy(np.array(lab)), self.cfg.model.global_map)
+                if self.cfg.sample.local_maps == "blank":
+                    stack[1:] = 0  # the official sampler's blank local maps (DESIGN §3)
+                stacks.append(stack)
         stack = torch.stack(stacks).to(self.device)  # [B, 20, 3, S, S]
         b = stack.shape[0]
         mean, std = encode_distribution(self.backbone.vae, stack.flatten(0, 1))  # deduplicated

@@ -22,6 +22,7 @@ from face_mogle.eval.weights import CLIP_B16, LEGACY_FILE
 from face_mogle.labels import NUM_CLASSES
 
 N_IMAGES = 16
+ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 # Offline, and any HTTP(S) request would go to a dead proxy: a download attempt cannot succeed.
 DEAD_PROXY = "http://127.0.0.1:9"
@@ -492,3 +493,35 @@ def test_cli_end_to_end(tmp_path, weights, data):
     page = report.read_text()
     assert page.count('src="data:image/jpeg;base64,') == 3 * 8  # mask | real | generated for 8 ids
     assert "CLIP score" in page and "http" not in page.split("<h2>Settings</h2>")[0]
+
+
+def test_paper_table_script_runs_end_to_end_and_resumes(tmp_path, weights, tiny_run):
+    """script/eval_paper.sh on the tiny preset: generation (official-sampler preset), every paper
+    metric, and the table in the official column order; a second run reuses the images."""
+    from face_mogle.data.synthetic import write_dataset
+    from face_mogle.eval.paper import COLUMNS
+
+    root = write_dataset(tmp_path / "synth", 6, size=64, seed=1, test_fraction=0.5, progress=False)
+    out = tmp_path / "paper"
+    env = dict(ENV, OUT=str(out), SPLIT="splits/test.txt", SIZE="32", STEPS="2", WEIGHTS_DIR=str(weights),
+               METRICS="fid,kid,clip,cmmd,dino,ir", DEVICE="cpu")
+    run = lambda: subprocess.run(["bash", str(ROOT / "script" / "eval_paper.sh"), str(tiny_run), str(root)],  # noqa: E731
+                                 capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    proc = run()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads((out / "table.json").read_text())
+    assert table["columns"] == [c for c, *_ in COLUMNS] == ["FID", "KID×1000", "CLIP score", "CMMD", "DINO structure", "ImageReward"]
+    results = json.loads((out / "results.json").read_text())
+    assert table["row"]["FID"] == pytest.approx(results["metrics"]["fid"]["value"])
+    assert table["row"]["DINO structure"] == pytest.approx(results["metrics"]["dino"]["paper_scale"])
+    assert all(table["row"][c] is not None for c in ("FID", "KID×1000", "CLIP score", "CMMD", "DINO structure"))
+    md = (out / "table.md").read_text().splitlines()
+    assert md[0].startswith("| run | images | FID ↓ | KID×1000 ↓ | CLIP score ↑") and md[2].startswith(f"| {tiny_run.name} | 3 |")
+    manifest = json.loads((out / "images" / "manifest.json").read_text())
+    assert manifest["local_maps"] == "blank" and manifest["gate_timestep_scale"] == 1000.0 and manifest["size"] == 32
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "images" / "face").iterdir()}
+    assert len(stamps) == 3
+    proc = run()  # resumable: the faces are not made again
+    assert proc.returncode == 0 and {p.name: p.stat().st_mtime_ns for p in (out / "images" / "face").iterdir()} == stamps
+    bad = subprocess.run(["bash", str(ROOT / "script" / "eval_paper.sh")], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "usage:" in bad.stderr

@@ -81,7 +81,7 @@ def test_split_reader(data_root, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "2")
     assert shard_from_env() == (2, 3)
-    for rank, world in (("3", "3"), ("x", "2"), ("0", "-1")):
+    for rank, world in (("3", "3"), ("x", "2"), ("0", "-1"), ("0", "two")):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", world)
         with pytest.raises(GenerationError, match="RANK=.*WORLD_SIZE"):

@@ -291,7 +291,7 @@ def test_stale_cache_is_refused(data, tmp_path):
 
     cfg = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache")})
     build_cache(cfg, split="train", progress=False, log=lambda *a: None)
-    stale = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache"), "model.global_map": "palette"})
+    stale = cfg_for(data, tmp_path, **{"data.cache_dir": str(tmp_path / "cache"), "model.global_map": "gray"})
     with pytest.raises(CacheError, match="global_map"):
         Trainer(stale)
 

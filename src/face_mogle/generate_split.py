@@ -89,13 +89,14 @@ def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
 def shard_from_env() -> Optional[tuple[int, int]]:
     """(RANK, WORLD_SIZE) under torchrun / accelerate launch with more than one process."""
     raw_world, raw_rank = os.environ.get("WORLD_SIZE", "1") or "1", os.environ.get("RANK", "0") or "0"
-    if not (raw_world.strip().isdigit() and raw_rank.strip().isdigit()) or not 0 <= int(raw_rank) < max(1, int(raw_world)):
+    bad = not raw_world.strip().isdigit() or int(raw_world) < 1
+    if not bad and int(raw_world) > 1:  # RANK only matters (and is checked) under a multi-process launcher
+        bad = not raw_rank.strip().isdigit() or int(raw_rank) >= int(raw_world)
+    if bad:
         raise GenerationError(f"RANK={raw_rank!r} / WORLD_SIZE={raw_world!r} from the environment are not a valid "
                               "process rank and count (0 <= RANK < WORLD_SIZE)")
     world = int(raw_world)
-    if world > 1:
-        return int(raw_rank), world
-    return None
+    return (int(raw_rank), world) if world > 1 else None
 
 
 def take_shard(ids: Sequence[int], shard: Optional[tuple[int, int]]) -> list[int]:

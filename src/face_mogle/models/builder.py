@@ -116,6 +116,25 @@ class Backbone:
         """Write all components in diffusers' FluxPipeline layout (loadable by `load_backbone`)."""
         self.pipeline().save_pretrained(str(folder), safe_serialization=True)
 
+    def save_atomically(self, folder: str | os.PathLike, extra_files: Optional[dict] = None) -> None:
+        """`save` into a temporary folder beside `folder`, then swap it in: a killed stage never
+        leaves a half-written backbone where the next stage looks. `extra_files`: {name: text}."""
+        import shutil
+        import tempfile
+
+        folder = Path(folder)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        try:
+            self.save(tmp)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
     def identity(self) -> dict:
         """What identifies these weights (recorded in caches and run folders)."""
         return {

@@ -33,9 +33,7 @@ import argparse
 import dataclasses
 import json
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -210,16 +208,7 @@ def train_text_encoders(data: Path, backbone_dir: Path, out: Path, split: str, s
                  loss_first=[sum(h[k] for h in history[:max(1, steps // 10)]) / max(1, steps // 10) for k in range(4)],
                  loss_last=[sum(h[k] for h in history[-max(1, steps // 10):]) / max(1, steps // 10) for k in range(4)])
 
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        backbone.save(tmp)
-        (tmp / "text_pretraining.json").write_text(json.dumps(stats, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    backbone.save_atomically(out, {"text_pretraining.json": json.dumps(stats, indent=1) + "\n"})
     return stats
 
 

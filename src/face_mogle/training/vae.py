@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -147,15 +145,7 @@ def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: in
     psnr = float(10 * torch.log10(4.0 / ((recon - (eval_faces.float() / 127.5 - 1)) ** 2).mean()))
     recon_miou = _parse_miou(recon, load_masks(data, eval_ids, size))
 
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        backbone.save(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    backbone.save_atomically(out)
     k = max(1, steps // 10)
     return {"rec_first": float(np.mean(losses[:k])), "rec_last": float(np.mean(losses[-k:])), "psnr": psnr,
             "recon_miou": recon_miou, "shift_factor": shift, "scaling_factor": scale, "images": len(ids),

@@ -49,6 +49,7 @@ from ..models.builder import TINY_DEMO_SPEC, BackboneError, TinySpec, build_tiny
 NOUNS = {"hair": "hair_color", "eyes": "eye_color", "lips": "lip_color", "lipstick": "lip_color",
          "skin": "skin_tone", "shirt": "cloth_color", "background": "background_color", "hat": "hat_color"}
 COLORS = {key: list(named) for key, (_, named) in ATTRIBUTE_SOURCES.items()}
+ATTRIBUTE_NOUN = {key: noun for noun, key in reversed(list(NOUNS.items()))}  # one noun per attribute
 TAGS = ["none"] + [f"{key}:{color}" for key, colors in COLORS.items() for color in colors]
 COLOR_WORDS = {color for colors in COLORS.values() for color in colors}
 # Colour words that name several attributes: the ones a context-free encoder confuses.
@@ -94,13 +95,12 @@ class TextHeads(torch.nn.Module):
 
 def phrase_list(g: torch.Generator) -> str:
     """A user-style prompt: 1–4 random "colour noun" phrases, e.g. "black hair, purple background"."""
-    nouns = {key: noun for noun, key in reversed(list(NOUNS.items()))}
     keys = list(COLORS)
     pick = torch.randperm(len(keys), generator=g)[: int(torch.randint(1, 5, (1,), generator=g))].tolist()
     phrases = []
     for k in pick:
         colors = COLORS[keys[k]]
-        phrases.append(f"{colors[int(torch.randint(len(colors), (1,), generator=g))]} {nouns[keys[k]]}")
+        phrases.append(f"{colors[int(torch.randint(len(colors), (1,), generator=g))]} {ATTRIBUTE_NOUN[keys[k]]}")
     return ", ".join(phrases)
 
 
@@ -133,9 +133,8 @@ def role_similarity(backbone, max_length: int) -> dict:
     from ..encoding import encode_prompts
 
     out = {}
-    nouns = {key: noun for noun, key in reversed(list(NOUNS.items()))}  # one noun per attribute
     for color in SHARED_COLORS:
-        phrases = [f"{color} {nouns[key]}" for key, colors in COLORS.items() if color in colors]
+        phrases = [f"{color} {ATTRIBUTE_NOUN[key]}" for key, colors in COLORS.items() if color in colors]
         t5, _ = encode_prompts(backbone, phrases, max_length)
         v = F.normalize(t5[:, 0].float(), dim=-1)  # the colour word is the first token (T5 has no BOS)
         sim = v @ v.T
@@ -182,7 +181,8 @@ def train_text_encoders(data: Path, backbone_dir: Path, out: Path, split: str, s
         hidden = t5(t5_ids).last_hidden_state
         tag_loss = F.cross_entropy(heads.tag(hidden).flatten(0, 1), tags.flatten(), ignore_index=-100)
         tagged = tags > 0
-        proto_loss = (1 - F.cosine_similarity(hidden[tagged], heads.prototypes[tags[tagged]], dim=-1)).mean()
+        proto_loss = (1 - F.cosine_similarity(hidden[tagged], heads.prototypes[tags[tagged]], dim=-1)).mean() \
+            if tagged.any() else hidden.sum() * 0  # a batch of empty captions has no colour word
         # word identity only where no colour tag speaks for it: a colour word's vector is free to be
         # all about its (attribute, colour), the rest keep what they say
         words = t5_ids.masked_fill(tags != 0, -100)

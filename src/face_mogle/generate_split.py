@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .data.dataset import DataError, read_captions, read_split, split_spec
-from .utils import atomic_write
+from .utils import atomic_write, update_hash
 
 SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs never collide
 MANIFEST = "manifest.json"
@@ -146,9 +146,7 @@ def weights_digest(run_dir: Optional[str | os.PathLike]) -> Optional[str]:
         path = Path(run_dir) / name
         if path.is_file():
             h.update(name.encode())
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            update_hash(h, path)
     return h.hexdigest()
 
 

@@ -52,3 +52,11 @@ def read_safetensors(path: str | os.PathLike) -> dict:
     except Exception as err:  # safetensors' own error type for a broken header or a short file
         raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())}); "
                          "it may be truncated: restore or re-export it") from None
+
+
+def update_hash(h, path: str | os.PathLike):
+    """Feed a file's bytes to the hashlib object `h` in 1 MiB blocks; returns `h`."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..labels import NUM_CLASSES, NUM_MAPS
-from ..utils import DTYPES, atomic_save_safetensors, atomic_write
+from ..utils import DTYPES, atomic_save_safetensors, atomic_write, update_hash
 from .dataset import (DataError, SampleChoice, check_files, load_face, read_captions, read_split, sample_choice,
                       split_spec)
 from .masks import MaskError, condition_stack_torch, load_label_map
@@ -167,11 +167,7 @@ SOURCES = ("face/{}.jpg", "mask/{}.png")  # the files an entry is encoded from (
 
 
 def _content_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return update_hash(hashlib.sha1(), path).hexdigest()[:16]
 
 
 def _source_fingerprints(root: Path, ids: Sequence[int]) -> dict:

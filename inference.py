@@ -3,6 +3,8 @@
     python inference.py --run runs/face-mogle --prompt "She has blond hair." --mask mask.png --output face.png
     python inference.py --prompt "A man with red hair." --mask mask.png   # the shipped tiny model
     python inference.py          # the shipped tiny model on the shipped example
+    python inference.py --image face.png --source_mask mask.png --mask edited_mask.png --prompt TEXT
+                                 # edit a real face: regenerate what the edited mask / prompt changes
 
 Writes the image (atomically), OUTPUT.json with every setting used, and with --gates
 OUTPUT_gates.png: per image token the expert the MoGLE gate weighted most (grey = global expert,
@@ -63,6 +65,21 @@ def parse_args(argv):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (the official sampler's gate input) or sample.mask_latent=sample (repeatable)")
     p.add_argument("--gates", action="store_true", help="also write OUTPUT_gates.png, the MoGLE expert map")
+    e = p.add_argument_group("editing a real face (with --image)")
+    e.add_argument("--image", default=None, metavar="FACE", help="edit this face (square image) instead of generating from noise: "
+                   "--mask is the edited mask, --prompt the new description")
+    e.add_argument("--source_mask", default=None, metavar="PNG", help="FACE's own mask; default: parsed from FACE by --parser")
+    e.add_argument("--source_prompt", default=None, metavar="TEXT", help="FACE's own description (used by --inversion ode; default: --prompt)")
+    e.add_argument("--regions", default=None, metavar="CLASSES", help="comma-separated classes the edit may change besides the "
+                   "relabelled pixels, e.g. hair for a text edit 'red hair' with the same mask; none changed = the whole image")
+    e.add_argument("--strength", type=float, default=None, help="how much of the schedule is re-run, in (0, 1] (default: %(default)s → editing.DEFAULT_STRENGTH)")
+    e.add_argument("--inversion", choices=["noise", "ode"], default=None, help="start point: noised FACE, or the flow ODE run backwards from FACE "
+                   "under its own mask and prompt (default: editing.DEFAULT_INVERSION)")
+    e.add_argument("--margin", type=int, default=None, help="pixels the edit area grows by, for seams (default: editing.DEFAULT_MARGIN)")
+    e.add_argument("--no_paste_back", action="store_true", help="keep the decoded pixels outside the edit area instead of FACE's own")
+    e.add_argument("--parser", choices=["segformer", "synthfaces"], default="segformer", help="face parser for a missing --source_mask "
+                   "(segformer: the eval suite's, from --weights_dir/face-parsing; synthfaces: SynthFaces' exact colour parser)")
+    e.add_argument("--weights_dir", default="checkpoints/eval", metavar="DIR", help="where the eval suite's models live (default: %(default)s)")
     return p.parse_args(argv)
 
 
@@ -93,7 +110,14 @@ def check_inputs(args) -> None:
             raise UsageError(f"run folder {run} is incomplete: missing {name}")
     if not ((run / "mogle.safetensors").is_file() or (run / "mogle.pt").is_file()):
         raise UsageError(f"run folder {run} is incomplete: missing mogle.safetensors")
-    if args.prompt is None and args.mask is None:
+    edit_only = {"--source_mask": args.source_mask, "--source_prompt": args.source_prompt, "--regions": args.regions,
+                 "--strength": args.strength, "--inversion": args.inversion, "--margin": args.margin,
+                 "--no_paste_back": args.no_paste_back or None}
+    if args.image is None and any(v is not None for v in edit_only.values()):
+        raise UsageError(f"{next(k for k, v in edit_only.items() if v is not None)} is an editing option: it needs --image FACE")
+    if args.image is not None:
+        check_edit_inputs(args)
+    elif args.prompt is None and args.mask is None:
         raise UsageError("give --prompt, --mask or both (--prompt \"\" with no mask is unconditional)")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
@@ -132,7 +156,62 @@ def check_inputs(args) -> None:
         raise UsageError(f"output {out} is not writable: {err.strerror or err}") from None
 
 
-def write_outputs(args, pipe, result, seconds: float, load_seconds: float) -> list[Path]:
+def check_edit_inputs(args) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from face_mogle.labels import CLASSES
+
+    try:
+        with Image.open(args.image) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise UsageError(f"--image {args.image}: file not found") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UsageError(f"--image {args.image} is not a readable image: {err}") from None
+    if args.gates:
+        raise UsageError("--gates draws the expert map of a generation; it does not apply to an edit (--image)")
+    if w != h:
+        raise UsageError(f"--image {args.image} is {w}x{h}: the face must be square, like its mask")
+    if args.source_mask is not None:
+        from face_mogle.data.masks import load_label_map
+
+        load_label_map(args.source_mask)
+    if args.strength is not None and not (math.isfinite(args.strength) and 0 < args.strength <= 1):
+        raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.margin is not None and args.margin < 0:
+        raise UsageError(f"--margin must be >= 0 pixels, got {args.margin}")
+    for r in (args.regions or "").split(","):
+        if r.strip() and r.strip() not in CLASSES:
+            raise UsageError(f"--regions: unknown class {r.strip()!r}; classes: {', '.join(CLASSES)}")
+    out = Path(args.output).resolve()
+    for name in ("image", "source_mask"):
+        value = getattr(args, name)
+        if value is not None and out == Path(value).resolve():
+            raise UsageError(f"--output {args.output} is the input --{name}: it would be overwritten; write elsewhere")
+
+
+def run_edit(args, pipe):
+    """--image: edit the face; returns (result, parsed source mask or None)."""
+    from face_mogle.editing import (DEFAULT_INVERSION, DEFAULT_MARGIN, DEFAULT_STRENGTH, parse_face)
+
+    parsed = None
+    source = args.source_mask
+    if source is None:
+        parsed = parse_face(args.image, args.parser, args.weights_dir, device=str(pipe.device))
+        source = parsed
+    regions = [r.strip() for r in (args.regions or "").split(",") if r.strip()]
+    result = pipe.edit(
+        args.image, source if args.mask is None else args.mask, args.prompt or "", source,
+        source_prompts=args.source_prompt, seeds=[args.seed], regions=regions,
+        strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
+        inversion=args.inversion or DEFAULT_INVERSION, margin=DEFAULT_MARGIN if args.margin is None else args.margin,
+        paste_back=not args.no_paste_back, steps=args.steps, guidance=args.guidance,
+        condition_scale=args.condition_scale, size=args.size, batch_size=1,
+    )
+    return result, parsed
+
+
+def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parsed=None) -> list[Path]:
     from face_mogle.utils import atomic_write
 
     out = Path(args.output)
@@ -149,6 +228,8 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float) -> li
         else:
             print("inference.py: this model has no gating network (model.has_gating: false): no expert map", file=sys.stderr)
     s = result.settings
+    if args.image is not None:
+        return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed)
     record = dict(
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         prompt=args.prompt or "", mask=None if args.mask is None else str(args.mask),
@@ -160,6 +241,34 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float) -> li
         output=str(out), gates=None if gates_path is None else str(gates_path),
         gate_mean=None if not result.gate_weights else [round(float(v), 6) for v in result.gate_weights[0].mean(0)],
         seconds=round(seconds, 3), load_seconds=round(load_seconds, 3),
+    )
+    sidecar = out.with_suffix(".json")
+    text = json.dumps(record, indent=1) + "\n"
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
+    return written + [sidecar]
+
+
+def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed) -> list[Path]:
+    from face_mogle.data.masks import save_label_map
+    from face_mogle.utils import atomic_write
+
+    s = result.settings
+    parsed_path = None
+    if parsed is not None:  # the parser's mask, so the user can check (and reuse) it
+        parsed_path = out.with_name(out.stem + "_source_mask.png")
+        save_label_map(parsed, parsed_path)  # atomic itself
+        written.append(parsed_path)
+    record = dict(
+        mode="edit", run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
+        image=str(args.image), source_mask=str(args.source_mask) if args.source_mask else f"parsed by {args.parser}: {parsed_path}",
+        mask=str(args.mask) if args.mask else "the source mask", prompt=args.prompt or "",
+        source_prompt=args.prompt or "" if args.source_prompt is None else args.source_prompt,
+        seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
+        condition_scale=s["condition_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
+        paste_back=s["paste_back"], regions=s["regions"], edited_fraction=s["edited_fraction"][0],
+        device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
+        global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
+        output=str(out), seconds=round(seconds, 3), load_seconds=round(load_seconds, 3),
     )
     sidecar = out.with_suffix(".json")
     text = json.dumps(record, indent=1) + "\n"
@@ -191,10 +300,14 @@ def main(argv=None) -> int:
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=args.device,
                                           dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         loaded = time.perf_counter()
-        result = pipe(args.prompt or "", args.mask, seeds=[args.seed], steps=args.steps, guidance=args.guidance,
-                      condition_scale=args.condition_scale, size=args.size, batch_size=1, return_gates=args.gates)
+        if args.image is not None:
+            result, parsed = run_edit(args, pipe)
+        else:
+            parsed = None
+            result = pipe(args.prompt or "", args.mask, seeds=[args.seed], steps=args.steps, guidance=args.guidance,
+                          condition_scale=args.condition_scale, size=args.size, batch_size=1, return_gates=args.gates)
         seconds = time.perf_counter() - loaded
-        written = write_outputs(args, pipe, result, seconds, loaded - start)
+        written = write_outputs(args, pipe, result, seconds, loaded - start, parsed)
     except user_errors() as err:
         print(f"inference.py: error: {one_line(err)}", file=sys.stderr)
         return 2
@@ -202,7 +315,8 @@ def main(argv=None) -> int:
         print(f"inference.py: error: cannot write {getattr(err, 'filename', None) or args.output}: {err.strerror or err}", file=sys.stderr)
         return 1
     s = result.settings
-    print(f"wrote {', '.join(str(p) for p in written)} ({s['modes'][0]}, {s['size']}x{s['size']}, "
+    mode = f"edit, {s['edited_fraction'][0]:.0%} of the image editable" if args.image is not None else s["modes"][0]
+    print(f"wrote {', '.join(str(p) for p in written)} ({mode}, {s['size']}x{s['size']}, "
           f"{s['steps']} steps, seed {args.seed}, {seconds:.1f} s)")
     return 0
 

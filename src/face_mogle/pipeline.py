@@ -427,30 +427,54 @@ class FaceMoGLEPipeline:
         return SampleOutput(images, [g.numpy() for g in gates] if has_gates else None,
                             maps if has_gates else None, settings)
 
+    def edit(self, images, masks, prompts, source_masks, **kwargs):
+        """Edit real faces by editing their masks or descriptions: see face_mogle.editing.edit."""
+        from .editing import edit
+
+        return edit(self, images, masks, prompts, source_masks, **kwargs)
+
+    def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale) -> "Conditions":
+        """Everything the transformer reads besides the latents and t, for a batch (on the device)."""
+        device, dtype = self.device, self.dtype
+        mask_latents = self.encode_masks(labels, size, list(generators))
+        mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
+        b = len(labels)
+        guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
+            if self.backbone.transformer.config.guidance_embeds else None
+        return Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
+                          text_ids(t5.shape[1], device=device, dtype=dtype),
+                          image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale)
+
+    def velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: "Conditions") -> torch.Tensor:
+        """The flow model's velocity at latents (float32 [B, N, C]) and model time t in [0, 1]."""
+        t = t.expand(latents.shape[0]).to(self.device)
+        return self.model(
+            latents.to(self.dtype), t, cond.mask_latents, cond.t5, cond.pooled, cond.txt_ids, cond.img_ids,
+            guidance=cond.guidance, condition_scale=cond.condition_scale,
+            gate_timestep=t * self.cfg.model.gate_timestep_scale,
+        )
+
+    def decode(self, latents: torch.Tensor, size: int) -> list:
+        """Final latents → PIL images; non-finite latents are an error (they decode to black)."""
+        if not torch.isfinite(latents).all():
+            raise SamplingError("sampling produced non-finite values (NaN or inf): the run's weights or the "
+                                "settings are broken; no image written")
+        pixels = decode_tokens(self.backbone.vae, latents, size, self.backbone.vae_scale_factor)
+        arrays = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a, "RGB") for a in arrays]
+
     @torch.inference_mode()
     def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size,
                         return_gates, gate_step, step_done):
-        model, device, dtype = self.model, self.device, self.dtype
-        b = len(seeds)
+        model, device = self.model, self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
-        mask_latents = self.encode_masks(labels, size, list(generators))
-        mask_latents = mask_latents.to(next(model.mogle.parameters()).dtype)
-        img_ids = image_ids(size, self.token_pixels, device=device, dtype=dtype)
-        txt_ids = text_ids(t5.shape[1], device=device, dtype=dtype)
-        t5, pooled = t5.to(device, dtype), pooled.to(device, dtype)
-        guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
-            if self.backbone.transformer.config.guidance_embeds else None
+        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale)
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
-        gate_scale = self.cfg.model.gate_timestep_scale
 
         gate_sum = None
         for i in range(steps):
-            t = timesteps[i].expand(b).to(device)
-            velocity = model(
-                latents.to(dtype), t, mask_latents, t5, pooled, txt_ids, img_ids, guidance=guidance_t,
-                condition_scale=condition_scale, gate_timestep=t * gate_scale,
-            )
+            velocity = self.velocity(latents, timesteps[i], cond)
             # Euler step of the flow ODE (FlowMatchEulerDiscreteScheduler.step), in float32.
             latents = latents + (sigmas[i + 1] - sigmas[i]).item() * velocity.float()
             if return_gates and model.mogle.last_gate_weights is not None:
@@ -461,14 +485,21 @@ class FaceMoGLEPipeline:
                     gate_sum = w * steps
             step_done()
 
-        if not torch.isfinite(latents).all():  # decoding would give a black image, silently
-            raise SamplingError("sampling produced non-finite values (NaN or inf): the run's weights or the "
-                                "settings are broken; no image written")
-        pixels = decode_tokens(self.backbone.vae, latents, size, self.backbone.vae_scale_factor)
-        arrays = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        images = [Image.fromarray(a, "RGB") for a in arrays]
+        images = self.decode(latents, size)
         gates = None if gate_sum is None else (gate_sum / steps).cpu()
         return images, gates
+
+
+@dataclass
+class Conditions:
+    """A batch's conditioning as the transformer reads it (see FaceMoGLEPipeline.conditions)."""
+    mask_latents: torch.Tensor  # [B, 20, N, C]
+    t5: torch.Tensor
+    pooled: torch.Tensor
+    txt_ids: torch.Tensor
+    img_ids: torch.Tensor
+    guidance: Optional[torch.Tensor]
+    condition_scale: float
 
 
 __all__ = [

@@ -1,0 +1,307 @@
+"""Edit a real face by editing its mask or its description, with a trained Face-MoGLE (no training).
+
+    out = pipe.edit(["face.png"], ["edited_mask.png"], ["She has red hair."], source_masks=["mask.png"])
+
+Per image:
+  1. the face → VAE latents x0; the edit area = the pixels whose label changes between the source and
+     the edited mask, plus the classes named in `regions` (a text edit keeps the mask: say which
+     part the new words are about), dilated by `margin` pixels; nothing named = the whole image;
+  2. a start point at noise level sigma_k (k from `strength`, as img2img counts it): "noise" mixes x0
+     with the image's seeded noise, (1 - sigma) x0 + sigma eps; "ode" runs the flow ODE backwards from
+     x0 under the source mask and source prompt (a deterministic inversion);
+  3. the ODE forwards from there under the edited mask and prompt; after every step the latents
+     outside the edit area are reset to the source's own path at that noise level (the noised x0, or
+     the inversion's trajectory), so the unchanged regions end exactly at x0;
+  4. decode; with `paste_back`, the input's pixels are put back outside the (feathered) edit area.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .encoding import encode_distribution, encode_prompts, latent_tokens, pack
+from .labels import CLASSES
+
+INVERSIONS = ("noise", "ode")
+# Measured by bench/editing.py on the shipped tiny model (BENCHMARKS.md "Editing a real face").
+DEFAULT_STRENGTH = 0.8
+DEFAULT_INVERSION = "ode"
+DEFAULT_MARGIN = 4
+DEFAULT_PASTE_BACK = True
+
+
+@dataclass
+class EditOutput:
+    images: list  # PIL RGB, size × size
+    areas: list  # per image: bool [size, size], where the face was allowed to change (before the margin)
+    settings: dict = field(default_factory=dict)
+
+
+def read_face(image: Any) -> Image.Image:
+    """A face (path, PIL image or uint8 array [H, W, 3]) → PIL RGB at its own size."""
+    from .pipeline import SamplingError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise SamplingError(f"a face array must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        return Image.fromarray(image, "RGB")
+    try:
+        with Image.open(image) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise SamplingError(f"face image not found: {image}") from None
+    except OSError as err:
+        raise SamplingError(f"face image {image} is not a readable image: {err}") from None
+
+
+def load_face(image: Any, size: int) -> np.ndarray:
+    """A face → uint8 RGB [size, size, 3]. Square only: the masks and the model are square, and a
+    silent crop would move every region."""
+    from .pipeline import SamplingError
+
+    image = read_face(image)
+    if image.width != image.height:
+        raise SamplingError(f"the face image must be square (as its mask), got {image.width}x{image.height}")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def class_ids(regions: Optional[Sequence[str]]) -> list[int]:
+    """Class names (or label numbers) → label values, or a one-line error naming the bad one."""
+    from .pipeline import SamplingError
+
+    out = []
+    for r in regions or []:
+        r = str(r).strip()
+        if r.isdigit() and int(r) < len(CLASSES):
+            out.append(int(r))
+        elif r in CLASSES:
+            out.append(CLASSES.index(r))
+        else:
+            raise SamplingError(f"unknown region {r!r}: use class names ({', '.join(CLASSES)}) or label numbers 0..{len(CLASSES) - 1}")
+    return out
+
+
+def edit_area(source: np.ndarray, target: np.ndarray, regions: Sequence[int] = ()) -> np.ndarray:
+    """Pixels whose label changes, plus those of the named classes in either map; none = everything."""
+    area = source != target
+    for c in regions:
+        area |= (source == c) | (target == c)
+    return area if area.any() else np.ones_like(area)
+
+
+def dilate(area: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return area
+    t = torch.from_numpy(area.astype(np.float32))[None, None]
+    return F.max_pool2d(t, 2 * radius + 1, stride=1, padding=radius)[0, 0].numpy() > 0
+
+
+def feather(area: np.ndarray, radius: int) -> np.ndarray:
+    """A soft alpha [H, W] in [0, 1]: 1 inside `area`, fading to 0 over `radius` pixels outside it."""
+    alpha = torch.from_numpy(dilate(area, radius).astype(np.float32))[None, None]
+    if radius > 0:  # a box blur of the dilated area: still 1 everywhere inside the undilated one
+        alpha = F.avg_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+        alpha = torch.maximum(alpha, torch.from_numpy(area.astype(np.float32))[None, None])
+    return alpha[0, 0].numpy()
+
+
+def latent_area(area: np.ndarray, latent_pixels: int, channels: int) -> torch.Tensor:
+    """A pixel area → the packed-token blend mask [1, N, 4C] (1 = regenerate), one value per latent
+    pixel: a latent pixel is regenerated when any pixel it covers is."""
+    t = torch.from_numpy(area.astype(np.float32))[None, None]
+    t = F.max_pool2d(t, latent_pixels)
+    return pack(t.expand(1, channels, *t.shape[2:]).contiguous())
+
+
+class _Editor:
+    def __init__(self, pipe, steps, guidance, condition_scale, size, strength, inversion, margin, paste_back):
+        self.pipe, self.steps, self.guidance, self.condition_scale = pipe, steps, guidance, condition_scale
+        self.size, self.strength, self.inversion, self.margin, self.paste_back = size, strength, inversion, margin, paste_back
+
+    @torch.inference_mode()
+    def batch(self, faces, sources, targets, areas, prompts, source_prompts, seeds, step_done) -> list:
+        pipe, size = self.pipe, self.size
+        device = pipe.device
+        noise, generators = zip(*(pipe.initial_noise(s, size) for s in seeds))
+        eps = torch.cat(noise).to(device)
+        timesteps, sigmas = pipe.timesteps(self.steps, eps.shape[1])
+        start = self.steps - min(self.steps, max(1, round(self.steps * self.strength)))
+
+        pixels = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(255).to(device)
+        mean, std = encode_distribution(pipe.backbone.vae, pixels)
+        x0 = latent_tokens(pipe.backbone.vae, mean, std, sample=False)
+        channels = pipe.backbone.latent_channels
+        keep = torch.cat([latent_area(dilate(a, self.margin), pipe.backbone.vae_scale_factor, channels)
+                          for a in areas]).to(device)  # 1 = regenerate, 0 = the source's path
+
+        texts = sorted(set(prompts) | set(source_prompts))
+        t5_all, pooled_all = encode_prompts(pipe.backbone, texts, pipe.cfg.sample.max_sequence_length, device=device)
+        pick = lambda ps: (t5_all[[texts.index(p) for p in ps]], pooled_all[[texts.index(p) for p in ps]])  # noqa: E731
+        cond = pipe.conditions(*pick(prompts), targets, generators, size, self.guidance, self.condition_scale)
+
+        # The source's path: its latents at sigmas[i] for i >= start (index i - start).
+        if self.inversion == "ode":
+            src = pipe.conditions(*pick(source_prompts), sources, generators, size, self.guidance, self.condition_scale)
+            path = [x0]
+            x = x0
+            for i in range(self.steps - 1, start - 1, -1):  # sigma_{i+1} → sigma_i, velocity at sigma_{i+1}
+                t = timesteps[i + 1] if i + 1 < self.steps else sigmas[self.steps].clone()
+                x = x + (sigmas[i] - sigmas[i + 1]).item() * pipe.velocity(x, t, src).float()
+                path.append(x)
+                step_done()
+            path = path[::-1]
+        else:
+            path = [(1 - sigmas[i].item()) * x0 + sigmas[i].item() * eps for i in range(start, self.steps + 1)]
+
+        latents = path[0]
+        for i in range(start, self.steps):
+            latents = latents + (sigmas[i + 1] - sigmas[i]).item() * pipe.velocity(latents, timesteps[i], cond).float()
+            latents = keep * latents + (1 - keep) * path[i + 1 - start]
+            step_done()
+        images = pipe.decode(latents, size)
+        if self.paste_back:
+            images = [paste(im, face, area, self.margin) for im, face, area in zip(images, faces, areas)]
+        return images
+
+
+def paste(image: Image.Image, face: np.ndarray, area: np.ndarray, margin: int) -> Image.Image:
+    """The input face outside the edit area, the edited one inside, blended over `margin` pixels."""
+    alpha = feather(area, margin)[..., None]
+    out = alpha * np.asarray(image, dtype=np.float32) + (1 - alpha) * face.astype(np.float32)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), "RGB")
+
+
+def edit(
+    pipe,
+    images: Any,
+    masks: Any,
+    prompts: str | Sequence[str],
+    source_masks: Any,
+    source_prompts: Optional[str | Sequence[str]] = None,
+    seeds: int | Sequence[int] = 0,
+    regions: Optional[Sequence[str]] = None,
+    strength: float = DEFAULT_STRENGTH,
+    inversion: str = DEFAULT_INVERSION,
+    margin: int = DEFAULT_MARGIN,
+    paste_back: bool = DEFAULT_PASTE_BACK,
+    steps: Optional[int] = None,
+    guidance: Optional[float] = None,
+    condition_scale: Optional[float] = None,
+    size: Optional[int] = None,
+    batch_size: int = 4,
+    on_step: Optional[Callable[[int, int], None]] = None,
+) -> EditOutput:
+    """Edit each face (path, PIL or uint8 array) from its source mask + source prompt to the edited
+    mask + prompt; see the module docstring. Lists of length 1 are repeated, like generation.
+    `source_prompts` default to the prompts (a mask edit); `regions` (class names) widen every
+    image's edit area, for text edits."""
+    from .pipeline import SamplingError
+
+    cfg = pipe.cfg.sample
+    steps = cfg.steps if steps is None else steps
+    guidance = cfg.guidance if guidance is None else float(guidance)
+    condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
+    size = pipe.check_size(cfg.size if size is None else size)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise SamplingError(f"strength must be in (0, 1], got {strength!r}")
+    if inversion not in INVERSIONS:
+        raise SamplingError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
+    if not isinstance(margin, (int, np.integer)) or margin < 0:
+        raise SamplingError(f"margin must be an integer >= 0 (pixels), got {margin!r}")
+    if not (math.isfinite(condition_scale) and condition_scale > 0):
+        raise SamplingError(f"condition scale must be a finite number > 0, got {condition_scale}")
+    if not math.isfinite(guidance):
+        raise SamplingError(f"guidance must be a finite number, got {guidance}")
+    if batch_size < 1:
+        raise SamplingError(f"batch size must be >= 1, got {batch_size}")
+
+    def listed(x, name):
+        if isinstance(x, (list, tuple)):
+            return list(x)
+        if isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == (4 if name == "images" else 3):
+            return list(x)
+        return [x]
+
+    cols = {"images": listed(images, "images"), "masks": listed(masks, "masks"),
+            "source masks": listed(source_masks, "source masks"),
+            "prompts": [prompts] if isinstance(prompts, str) else list(prompts)}
+    cols["source prompts"] = cols["prompts"] if source_prompts is None else (
+        [source_prompts] if isinstance(source_prompts, str) else list(source_prompts))
+    n = max(len(v) for v in cols.values())
+    for name, v in cols.items():
+        if len(v) == 1:
+            cols[name] = v * n
+        elif len(v) != n:
+            raise SamplingError(f"got {len(v)} {name} for {n} edits: give one per edit, or one for all")
+    if any(m is None for m in cols["masks"] + cols["source masks"]):
+        raise SamplingError("editing needs the edited mask and the source mask of every face (no text-only edits "
+                            "without a mask: pass the face's own mask as both)")
+    for p in cols["prompts"] + cols["source prompts"]:
+        if not isinstance(p, str):
+            raise SamplingError(f"prompts must be strings, got {type(p).__name__}")
+    seeds = [int(seeds) + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if len(seeds) != n:
+        raise SamplingError(f"got {len(seeds)} seeds for {n} edits")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise SamplingError("seeds must be in 0..2**63-1")
+    region_ids = class_ids(regions)
+
+    # validate every input before any model work
+    faces = [load_face(im, size) for im in cols["images"]]
+    targets = [pipe.load_mask(m, size) for m in cols["masks"]]
+    sources = [pipe.load_mask(m, size) for m in cols["source masks"]]
+    areas = [edit_area(s, t, region_ids) for s, t in zip(sources, targets)]
+
+    editor = _Editor(pipe, steps, guidance, condition_scale, size, float(strength), inversion, int(margin), bool(paste_back))
+    run_steps = min(steps, max(1, round(steps * strength)))
+    per_batch = run_steps * (2 if inversion == "ode" else 1)
+    total, done = per_batch * math.ceil(n / batch_size), 0
+
+    def step_done():
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(done, total)
+
+    images = []
+    for b in range(0, n, batch_size):
+        sl = slice(b, b + batch_size)
+        images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
+                               cols["source prompts"][sl], seeds[sl], step_done)
+    settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
+                    size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),
+                    paste_back=bool(paste_back), regions=[CLASSES[c] for c in region_ids],
+                    edited_fraction=[round(float(a.mean()), 4) for a in areas])
+    return EditOutput(images, areas, settings)
+
+
+def parse_face(image: Any, parser: str = "segformer", weights_dir: str = "checkpoints/eval",
+               device: Optional[str] = None) -> np.ndarray:
+    """A face's own mask from a face parser: the eval suite's SegFormer (weights under
+    `weights_dir`/face-parsing) or SynthFaces' exact colour parser. uint8 labels at the image's size."""
+    from .eval.errors import EvalError
+    from .eval.miou import load_parser
+    from .eval.weights import FACE_PARSER, default_path
+    from .pipeline import SamplingError
+
+    img = read_face(image)
+    try:
+        model = load_parser(parser, default_path(weights_dir, FACE_PARSER), device or "cpu")
+    except EvalError as err:
+        raise SamplingError(f"no source mask given and no face parser to make one ({err}): pass the face's own "
+                            "mask with --source_mask") from None
+    return model(model.transform(img)[None], [(img.height, img.width)])[0]
+

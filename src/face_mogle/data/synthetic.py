@@ -11,14 +11,20 @@ Symmetric pairs share a colour and are split by geometry, from the image alone:
     through the eyes' centroid perpendicular to the eyes' principal axis (this follows head tilt).
     As in CelebAMask-HQ, "l_" is the person's left = the IMAGE RIGHT side of the centre line.
   * u_lip/l_lip: split by the mouth line, the line through the mouth pixels (median) parallel to
-    the eye axis; upper = the side towards the eyes. The generator always draws a mouth band at
-    least 2 px thick along the whole lip width (a closed mouth is that thin band), so the two lips
-    never touch and the split has a margin of more than a pixel.
+    the eye axis; upper = the side towards the eyes. A clearly bent mouth (a smile) is split by a
+    parabola fitted to the mouth pixels instead. The generator always draws a mouth band at least
+    2 px thick along the whole lip width (a closed mouth is that thin band), so the two lips never
+    touch and the split has a margin of more than a pixel.
 Noise and blur: a pixel whose nearest colour wins narrowly, or which is far from every colour (a
 blend), is decided from the sure pixels around it (see `parse`), so the parse degrades gently.
 Images are saved as JPEG quality 95 with 4:4:4 chroma (4:2:0 would smear colour edges).
 
 Sample i of a set is a pure function of (seed, i): its generator is np.random.default_rng([seed, i]).
+
+Expressions (opt-in, `render(..., expressions=True)`): neutral, smiling (corners raised, an open
+smile), open mouth, closed eyes (1 px lids in a fixed dark colour, so no eye colour is shown). They
+are drawn from a stream of their own, so a face keeps every other choice it has without them, and
+`expression_of` reads them back from a label map by geometry.
 """
 
 from __future__ import annotations
@@ -122,6 +128,13 @@ class Sample:
 
 
 HAIR_STYLES = ("short", "long", "wavy", "bob", "buzz", "bald")
+EXPRESSIONS = ("neutral", "smiling", "open_mouth", "closed_eyes")
+_EXPRESSION_P = (0.4, 0.3, 0.2, 0.1)
+LID_COLOR = EYE_COLORS["brown"]  # closed lids: one dark colour for every face, so no eye colour shows
+# expression_of: a mouth whose corners rise by more than SMILE_BEND of its half-width smiles (the
+# generator bends by 0.35..0.5); eyes thinner than CLOSED_EYE_PX on average are closed (lids: 1 px).
+SMILE_BEND = 0.15
+CLOSED_EYE_PX = 1.5
 _STYLE_P = {"female": (0.2, 0.3, 0.2, 0.25, 0.03, 0.02), "male": (0.45, 0.08, 0.05, 0.02, 0.25, 0.15)}
 _LIP_P = {"female": (0.4, 0.35, 0.25), "male": (0.2, 0.7, 0.1)}  # red, pink, plum
 
@@ -209,6 +222,21 @@ def _draw_params(rng: np.random.Generator) -> dict:
     return p
 
 
+def _draw_expression(rng: np.random.Generator, p: dict) -> dict:
+    """The expression and the mouth geometry it sets, drawn in a fixed order (every value is drawn
+    whichever expression comes out). Overrides the face's mouth_open and mouth_o."""
+    u = rng.uniform
+    expression = EXPRESSIONS[rng.choice(len(EXPRESSIONS), p=_EXPRESSION_P)]
+    open_o, smile_o, bend = u(0.025, 0.035), u(0.008, 0.014), u(0.35, 0.5)
+    return {
+        "expression": expression,
+        "mouth_open": expression == "open_mouth",
+        # a smile shows a little mouth (teeth) too; neutral and closed-eyes mouths are closed
+        "mouth_o": {"open_mouth": open_o, "smiling": smile_o}.get(expression, 0.0),
+        "smile": bend * p["mw"] if expression == "smiling" else 0.0,  # corner rise, face units
+    }
+
+
 def _face_outline(p) -> np.ndarray:
     a, b = p["a"], p["b"]
     t = np.linspace(0, 2 * math.pi, 64, endpoint=False)
@@ -257,6 +285,11 @@ def _lip_shapes(p, open_h) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lower = np.concatenate([np.stack([x, lower_outer], 1), np.stack([x[::-1], g[::-1]], 1)])
     mouth = np.concatenate([np.stack([x, -g], 1), np.stack([x[::-1], g[::-1]], 1)])
     return upper, lower, mouth
+
+
+def _bend(pts: np.ndarray, rise: float, w: float) -> np.ndarray:
+    """pts [N, 2] with y raised by rise * (x / w)**2 (y points down)."""
+    return pts - np.stack([np.zeros(len(pts)), rise * (pts[:, 0] / w) ** 2], 1)
 
 
 def _paint(p: dict, size: int) -> Image.Image:
@@ -328,10 +361,14 @@ def _paint(p: dict, size: int) -> Image.Image:
         bridge_y = p["eye_y"] - 0.2 * ry
         pt.line([(-(p["eye_dx"] - rx), bridge_y), (p["eye_dx"] - rx, bridge_y)], L["eye_g"], thin)
 
-    # eyes: almond shapes
+    # eyes: almond shapes; closed ones a 1 px lid sagging a little (flat enough for one pixel per
+    # column even at full tilt, which is what expression_of measures)
     t = np.linspace(-1, 1, 13)
     for side, label in ((1, L["l_eye"]), (-1, L["r_eye"])):
         ex_, ew, eh = side * p["eye_dx"], p["ew"], p["eh"]
+        if p.get("expression") == "closed_eyes":
+            pt.line(np.stack([ex_ + ew * t, p["eye_y"] + 0.4 * eh * (1 - t**2)], 1), label, 1)
+            continue
         upper = np.stack([ex_ + ew * t, p["eye_y"] - eh * (1 - t**2)], 1)
         lower = np.stack([ex_ - ew * t, p["eye_y"] + 0.7 * eh * (1 - t**2)], 1)
         pt.poly(np.concatenate([upper, lower]), label)
@@ -339,13 +376,20 @@ def _paint(p: dict, size: int) -> Image.Image:
     # lips and mouth; the mouth band keeps the two lips apart (see module docstring)
     my = p["mouth_y"]
     band = max(2.0, 0.01 * size) / unit / 2
-    open_h = p["mouth_o"] if p["mouth_open"] else 0.0
+    smile = p.get("smile", 0.0)
+    open_h = p["mouth_o"] if p["mouth_open"] or smile else 0.0
     upper, lower, mouth = _lip_shapes(p, open_h)
+    w = p["mw"] + 0.6 / unit
+    bar = np.array([(-w, -band), (w, -band), (w, band), (-w, band)])
+    if smile:
+        # bend every mouth part by one parabola: the corners rise by `smile`
+        xs = np.linspace(-w, w, 25)
+        bar = np.concatenate([np.stack([xs, np.full(25, -band)], 1), np.stack([xs[::-1], np.full(25, band)], 1)])
+        upper, lower, mouth, bar = (_bend(s, smile, p["mw"]) for s in (upper, lower, mouth, bar))
     shift = np.array([0.0, my])
     pt.poly(upper + shift, L["u_lip"])
     pt.poly(lower + shift, L["l_lip"])
-    w = p["mw"] + 0.6 / unit
-    pt.poly(np.array([(-w, -band), (w, -band), (w, band), (-w, band)]) + shift, L["mouth"])
+    pt.poly(bar + shift, L["mouth"])
     if open_h > 0:
         pt.poly(mouth + shift, L["mouth"])
 
@@ -396,16 +440,21 @@ def _visible_attributes(p: dict, labels: np.ndarray) -> dict:
         mouth_open=p["mouth_open"],
         tilt_deg=round(float(p["tilt_deg"]), 2),
     )
+    if "expression" in p:  # only with expressions: the attributes of other faces stay as they were
+        attrs["expression"] = p["expression"]
+        if p["expression"] == "closed_eyes":
+            attrs["eye_color"] = None  # the lids show no eye colour
     return attrs
 
 
 def _colorize(label_image: Image.Image, p: dict) -> np.ndarray:
     """Label image (mode L) -> RGB uint8 [S, S, 3], one flat colour per class."""
     tone = p["skin_tone"]
+    eye = LID_COLOR if p.get("expression") == "closed_eyes" else EYE_COLORS[p["eye_color"]]
     colours = {
         "background": BACKGROUND_COLORS[p["background_color"]], "skin": SKIN_TONES[tone],
-        "nose": NOSE_SHADES[tone], "eye_g": GLASSES_COLOR, "l_eye": EYE_COLORS[p["eye_color"]],
-        "r_eye": EYE_COLORS[p["eye_color"]], "l_brow": BROW_COLOR, "r_brow": BROW_COLOR,
+        "nose": NOSE_SHADES[tone], "eye_g": GLASSES_COLOR, "l_eye": eye,
+        "r_eye": eye, "l_brow": BROW_COLOR, "r_brow": BROW_COLOR,
         "l_ear": EAR_SHADES[tone], "r_ear": EAR_SHADES[tone], "mouth": MOUTH_COLOR,
         "u_lip": LIP_COLORS[p["lip_color"]], "l_lip": LIP_COLORS[p["lip_color"]],
         "hair": HAIR_COLORS[p["hair_color"]], "hat": HAT_COLORS[p["hat_color"]],

@@ -265,7 +265,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         source_prompt=args.prompt or "" if args.source_prompt is None else args.source_prompt,
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
-        paste_back=s["paste_back"], regions=s["regions"], edited_fraction=s["edited_fraction"][0],
+        paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
         global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
         output=str(out), seconds=round(seconds, 3), load_seconds=round(load_seconds, 3),

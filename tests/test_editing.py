@@ -133,7 +133,11 @@ def test_text_edit_with_regions_changes_only_that_region(pipe):
     assert np.array_equal(out.areas[0], hair)
     outside = ~dilate(hair, 2)
     assert np.array_equal(np.asarray(out.images[0])[outside], img[outside])
-    assert out.settings["regions"] == ["hair"]
+    assert out.settings["regions"] == [["hair"]]
+    # one region list per image
+    two = pipe.edit([img, img], lab, "She has red hair.", lab, regions=[["hair"], ["cloth", "neck"]], margin=1, seeds=0)
+    assert np.array_equal(two.areas[1], np.isin(lab, [CLASSES.index("cloth"), CLASSES.index("neck")]))
+    assert np.abs(np.asarray(two.images[0]).astype(int) - np.asarray(out.images[0]).astype(int)).max() <= 1
 
 
 def test_bad_edit_inputs(pipe):

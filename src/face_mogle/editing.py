@@ -190,7 +190,7 @@ def edit(
     source_masks: Any,
     source_prompts: Optional[str | Sequence[str]] = None,
     seeds: int | Sequence[int] = 0,
-    regions: Optional[Sequence[str]] = None,
+    regions: Optional[Sequence[str] | Sequence[Sequence[str]]] = None,
     strength: float = DEFAULT_STRENGTH,
     inversion: str = DEFAULT_INVERSION,
     margin: int = DEFAULT_MARGIN,
@@ -204,8 +204,8 @@ def edit(
 ) -> EditOutput:
     """Edit each face (path, PIL or uint8 array) from its source mask + source prompt to the edited
     mask + prompt; see the module docstring. Lists of length 1 are repeated, like generation.
-    `source_prompts` default to the prompts (a mask edit); `regions` (class names) widen every
-    image's edit area, for text edits."""
+    `source_prompts` default to the prompts (a mask edit); `regions` (class names, or one list of
+    them per image) widen the edit area, for text edits."""
     from .pipeline import SamplingError
 
     cfg = pipe.cfg.sample
@@ -257,13 +257,18 @@ def edit(
         raise SamplingError(f"got {len(seeds)} seeds for {n} edits")
     if any(not 0 <= s < 2**63 for s in seeds):
         raise SamplingError("seeds must be in 0..2**63-1")
-    region_ids = class_ids(regions)
+    if regions and all(isinstance(r, (list, tuple)) for r in regions):
+        if len(regions) not in (1, n):
+            raise SamplingError(f"got {len(regions)} region lists for {n} edits: give one per edit, or one for all")
+        region_ids = [class_ids(r) for r in regions] * (n if len(regions) == 1 else 1)
+    else:
+        region_ids = [class_ids(regions)] * n
 
     # validate every input before any model work
     faces = [load_face(im, size) for im in cols["images"]]
     targets = [pipe.load_mask(m, size) for m in cols["masks"]]
     sources = [pipe.load_mask(m, size) for m in cols["source masks"]]
-    areas = [edit_area(s, t, region_ids) for s, t in zip(sources, targets)]
+    areas = [edit_area(s, t, r) for s, t, r in zip(sources, targets, region_ids)]
 
     editor = _Editor(pipe, steps, guidance, condition_scale, size, float(strength), inversion, int(margin), bool(paste_back))
     run_steps = min(steps, max(1, round(steps * strength)))
@@ -283,7 +288,7 @@ def edit(
                                cols["source prompts"][sl], seeds[sl], step_done)
     settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
                     size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),
-                    paste_back=bool(paste_back), regions=[CLASSES[c] for c in region_ids],
+                    paste_back=bool(paste_back), regions=[[CLASSES[c] for c in r] for r in region_ids],
                     edited_fraction=[round(float(a.mean()), 4) for a in areas])
     return EditOutput(images, areas, settings)
 

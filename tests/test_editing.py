@@ -135,7 +135,7 @@ def test_text_edit_with_regions_changes_only_that_region(pipe):
     assert np.array_equal(np.asarray(out.images[0])[outside], img[outside])
     assert out.settings["regions"] == [["hair"]]
     # one region list per image
-    two = pipe.edit([img, img], lab, "She has red hair.", lab, regions=[["hair"], ["cloth", "neck"]], margin=1, seeds=0)
+    two = pipe.edit([img, img], lab, "She has red hair.", lab, source_prompts="She has black hair.", regions=[["hair"], ["cloth", "neck"]], margin=1, seeds=0)
     assert np.array_equal(two.areas[1], np.isin(lab, [CLASSES.index("cloth"), CLASSES.index("neck")]))
     assert np.abs(np.asarray(two.images[0]).astype(int) - np.asarray(out.images[0]).astype(int)).max() <= 1
 

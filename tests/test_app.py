@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_mogle.labels import PALETTE
+from face_mogle.labels import CLASSES, PALETTE
 from test_cli_sampling import load_script
 from sampling_helpers import draw_mask
 
@@ -73,6 +73,172 @@ def test_build_demo(app, pipe):  # noqa: F811
     import gradio as gr
 
     assert isinstance(app.build_demo(pipe), gr.Blocks)
+    assert isinstance(app.build_demo(pipe, edit_example=None), gr.Blocks)  # no example: no example button
+
+
+# ---------------------------------------------------------------------------------------------
+# The Edit tab's handlers
+
+HAIR = CLASSES.index("hair")
+
+
+@pytest.fixture()
+def editor(app, pipe):  # noqa: F811
+    return app.EditDemo(pipe, app.find_edit_example())
+
+
+def hair_into_background(app, painting, rows=0.25):
+    """The editor's value with hair painted over the background in the top `rows` of the canvas, as the
+    browser hands it over: RGBA layer (with a half-transparent, anti-aliased stroke edge) + composite."""
+    background = painting["background"]
+    under = app.labels_from_painting(background)
+    h = int(background.shape[0] * rows)
+    layer = np.zeros((*background.shape[:2], 4), np.uint8)
+    stroke = np.zeros(background.shape[:2], bool)
+    stroke[:h] = under[:h] == 0
+    layer[stroke] = (*PALETTE[HAIR], 255)
+    edge = np.zeros_like(stroke)
+    edge[h:h + 2] = under[h:h + 2] == 0
+    layer[edge] = (*PALETTE[HAIR], 100)  # under half opaque: not painted
+    alpha = layer[..., 3:].astype(np.float32) / 255
+    composite = (alpha * layer[..., :3] + (1 - alpha) * background[..., :3]).round().astype(np.uint8)
+    return {"background": background, "layers": [layer], "composite": composite}, stroke
+
+
+def test_examples_for_editing_are_shipped(app):
+    face, mask, caption = app.find_edit_example()
+    assert Image.open(face).size == (128, 128) and Image.open(mask).mode == "L" and caption
+    assert app.find_edit_example(ROOT / "nowhere") is None
+
+
+def test_labels_from_painting(app):
+    labels = np.arange(len(CLASSES), dtype=np.uint8).repeat(3)[None].repeat(4, 0)  # every class
+    exact = PALETTE[labels]
+    assert np.array_equal(app.labels_from_painting(exact), labels)
+    rgba = np.concatenate([exact, np.full((*labels.shape, 1), 7, np.uint8)], -1)  # alpha is ignored
+    assert np.array_equal(app.labels_from_painting(rgba), labels)
+    # slightly off (lossy export, blending): the nearest palette colour, never an unknown class
+    noise = np.random.default_rng(0).integers(-12, 13, exact.shape)  # |projection| <= 12*sqrt(3) < 51/2
+    off = np.clip(exact.astype(int) + noise, 0, 255).astype(np.uint8)
+    assert (off != exact).any() and np.array_equal(app.labels_from_painting(off), labels)
+    assert app.labels_from_painting(np.array([[[190, 30, 10], [0, 0, 110]]], np.uint8)).tolist() == [[1, 12]]
+    with pytest.raises(ValueError):
+        app.labels_from_painting(np.zeros((4, 4), np.uint8))
+
+
+def test_painted_labels_take_the_strokes_not_their_blended_edges(app):
+    from face_mogle.data.masks import load_label_map
+
+    source = load_label_map(app.find_edit_example()[1])  # 128 px, painted at 512
+    painting, stroke = hair_into_background(app, app.editor_value(source))
+    edited, changed = app.painted_labels(painting, source)
+    want = source.copy()
+    want[app.resize_labels(stroke.astype(np.uint8), source.shape) > 0] = HAIR
+    assert changed > 0 and np.array_equal(edited, want)
+    assert set(np.unique(edited)) == set(np.unique(source))  # no stray class from the blended edge
+    # the blended edge read from the composite alone would be a third class (l_lip); from the layer it is not
+    assert (app.labels_from_painting(painting["composite"]) == CLASSES.index("l_lip")).any()
+    # nothing painted, or no editor value: the source itself
+    assert app.painted_labels(app.editor_value(source), source)[1] == 0
+    assert app.painted_labels(None, source)[1] == 0
+    # a client without layers: the composite's changes against the background
+    exact = dict(painting, layers=[])
+    exact["composite"] = app.editor_value(want)["composite"]
+    assert np.array_equal(app.painted_labels(exact, source)[0], want)
+
+
+def test_edit_the_example_with_a_painted_mask(app, editor, tmp_path):
+    from face_mogle.data.masks import load_label_map, save_label_map
+    from face_mogle.editing import dilate, load_face
+
+    face, source_file, source, painting, prompt, source_prompt, edited_file, status = editor.load_example()
+    face_path, mask_path, caption = app.find_edit_example()
+    assert face.shape == (128, 128, 3) and source_file is None and edited_file is None
+    assert np.array_equal(source["labels"], load_label_map(mask_path)) and prompt == source_prompt == caption
+    assert painting["background"].shape == (app.EDITOR_SIZE, app.EDITOR_SIZE, 3) and "Example loaded" in status
+
+    painting, _ = hair_into_background(app, painting)
+    margin = 2
+    original, result, area, status, new_source, new_painting = editor.edit(
+        face, source, "synthfaces", painting, None, prompt, source_prompt, [], 0.8, "ode", margin, 3, 2, 32)
+    assert status.startswith("Done: edit, ") and "% of the image editable" in status, status
+    assert "32x32" in status and "painted mask (" in status and "the example's mask" in status
+    assert result.size == original.size == area.size == (32, 32)
+    target = app.painted_labels(painting, source["labels"])[0]
+    changed = load_label_map(source["labels"], 32) != load_label_map(target, 32)
+    assert changed.any() and not dilate(changed, margin).all()
+    assert f"{changed.mean():.0%} of the image editable" in status
+    face32 = load_face(face, 32)
+    assert np.array_equal(np.asarray(original), face32)
+    # paste-back: the input itself outside the changed pixels and the margin's blend
+    reach = dilate(changed, margin)
+    assert np.array_equal(np.asarray(result)[~reach], face32[~reach])
+    assert not np.array_equal(np.asarray(result)[changed], face32[changed])
+    shown = np.asarray(area)
+    assert np.array_equal(shown[changed], face32[changed]) and (shown[~reach] != face32[~reach]).any()
+    assert new_source == {"__type__": "update"} and new_painting == {"__type__": "update"}  # kept
+
+    # an uploaded edited mask replaces the painting
+    save_label_map(target, tmp_path / "edited.png")
+    assert "edited.png" in editor.check_edited(str(tmp_path / "edited.png"))
+    status = editor.edit(face, source, "synthfaces", None, str(tmp_path / "edited.png"), prompt, "",
+                         [], 0.8, "noise", margin, 3, 2, 32)[3]
+    assert status.startswith("Done: edit") and "edited mask edited.png" in status and "inversion noise" in status
+
+
+def test_edit_parses_the_face(app, editor):
+    from face_mogle.data.masks import load_label_map
+
+    face_path, mask_path, caption = app.find_edit_example()
+    face = np.asarray(Image.open(face_path).convert("RGB"))
+    source, painting, status = editor.parse(face, "synthfaces")
+    assert np.array_equal(source["labels"], load_label_map(mask_path)) and "parsed by synthfaces" in status
+    assert painting["background"].shape == (app.EDITOR_SIZE, app.EDITOR_SIZE, 3)
+    # no source mask at Edit time: the face is parsed then, and the page gets the parsed mask
+    original, result, area, status, new_source, new_painting = editor.edit(
+        face, None, "synthfaces", None, None, "She has red hair.", caption, ["hair"], 1.0, "noise", 0, 1, 2, 32)
+    assert status.startswith("Done: edit") and "parsed by synthfaces" in status and "regions hair" in status
+    assert "a text edit" in status and result.size == (32, 32)
+    assert np.array_equal(new_source["labels"], source["labels"]) and "background" in new_painting
+
+
+def test_edit_errors_are_one_line(app, pipe, tmp_path):  # noqa: F811
+    from face_mogle.data.masks import load_label_map
+
+    editor = app.EditDemo(pipe, app.find_edit_example(), weights_dir=tmp_path / "no-weights")
+    face_path, mask_path, caption = app.find_edit_example()
+    face = np.asarray(Image.open(face_path).convert("RGB"))
+    source = {"labels": load_label_map(mask_path), "name": "mask.png"}
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n broken")
+    settings = dict(parser="synthfaces", painting=None, edited_file=None, prompt="A face.", source_prompt="",
+                    regions=[], strength=0.8, inversion="ode", margin=2, seed=1, steps=2, size=32)
+    cases = [
+        (dict(face=None), "no face"),
+        (dict(face=np.zeros((32, 40, 3), np.uint8)), "must be square"),
+        (dict(source=None, parser="segformer"), "upload the face's own mask instead"),
+        (dict(edited_file=str(bad)), "bad.png"),
+        (dict(regions=["beard"]), "unknown region 'beard'"),
+        (dict(strength=0), "strength must be in (0, 1]"),
+        (dict(size=20), "multiple of 8"),
+        (dict(seed=None), "invalid setting"),
+    ]
+    for change, message in cases:
+        kwargs = {**settings, "face": face, "source": source, **change}
+        with pytest.warns(UserWarning):  # gr.Warning outside a page request
+            out = editor.edit(**kwargs)
+        status = out[3]
+        assert out[1] is None and status.startswith("**Error:**") and message in status, (change, status)
+        assert "\n" not in status and "--source_mask" not in status and "Traceback" not in status
+    with pytest.warns(UserWarning):
+        assert editor.parse(face, "segformer")[2].startswith("**Error:** no source mask given")
+    with pytest.warns(UserWarning):
+        assert editor.parse(None, "synthfaces")[2].startswith("**Error:** no face")
+    with pytest.warns(UserWarning):
+        assert editor.load_source(str(bad))[2].startswith("**Mask not usable:**")
+    with pytest.warns(UserWarning):
+        assert editor.check_edited(str(bad)).startswith("**Mask not usable:**")
+    assert "not square" in editor.new_face(np.zeros((32, 40, 3), np.uint8))[3]
 
 
 def test_missing_run_is_one_line(tmp_path):
@@ -195,4 +361,68 @@ def test_page_generates_in_a_browser(server, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     wait.until(lambda d: status().startswith("Error"))
     assert "broken.png" in status() and "unreadable or corrupt image" in status()
+    assert "Traceback" not in browser.page_source
+
+
+def test_page_edits_in_a_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from face_mogle.data.masks import load_label_map, save_label_map
+
+    url, _ = server
+    wait = WebDriverWait(browser, 120)
+    browser.get(url)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tab_edit-button"))
+    browser.find_element(By.CSS_SELECTOR, "#tab_edit-button").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_example"))
+    status = lambda: browser.find_element(By.CSS_SELECTOR, "#edit_status").text  # noqa: E731
+
+    def fetch(selector) -> Image.Image:
+        src = browser.find_element(By.CSS_SELECTOR, f"{selector} img").get_attribute("src")
+        with urllib.request.urlopen(src, timeout=30) as r:
+            return Image.open(io.BytesIO(r.read()))
+
+    # The example: the face, its mask on the painting canvas, its caption as the prompt.
+    browser.find_element(By.CSS_SELECTOR, "#edit_example").click()
+    wait.until(lambda d: "Example loaded" in status())
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_face img"))
+    assert fetch("#edit_face").size == (128, 128)
+    face, mask, caption = load_script("app").find_edit_example()
+    assert browser.find_element(By.CSS_SELECTOR, "#edit_prompt textarea").get_attribute("value") == caption
+
+    # Paint a hair stroke (the brush's default colour) from the top of the hair over the background to
+    # its right. The mask is fitted to the canvas height and centred; a stroke must start on the image.
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_painting canvas"))
+    time.sleep(1)  # the canvas draws its background
+    canvas = browser.find_element(By.CSS_SELECTOR, "#edit_painting canvas")
+    step = int(0.19 * canvas.size["height"])
+    ActionChains(browser).move_to_element_with_offset(canvas, 0, int(-0.33 * canvas.size["height"])).click_and_hold() \
+        .move_by_offset(step, 0).move_by_offset(step, 0).move_by_offset(0, step).move_by_offset(0, step) \
+        .release().perform()
+
+    for field, value in (("#edit_size input", "32"), ("#edit_steps input[type=number]", "2")):
+        box = browser.find_element(By.CSS_SELECTOR, field)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value)
+        box.send_keys(Keys.TAB)
+    browser.find_element(By.CSS_SELECTOR, "#edit_run").click()
+    wait.until(lambda d: status().startswith(("Done", "Error")))
+    assert status().startswith("Done: edit, ") and "32x32" in status() and "2 steps" in status(), status()
+    assert "painted mask (" in status() and "100% of the image editable" not in status(), status()
+    assert fetch("#edit_result").size == (32, 32) and fetch("#edit_original").size == (32, 32)
+    assert fetch("#edit_area").size == (32, 32)
+
+    # An uploaded edited mask replaces the painting.
+    edited = load_label_map(mask)
+    edited[:40][edited[:40] == 0] = CLASSES.index("hair")
+    save_label_map(edited, tmp_path / "more_hair.png")
+    browser.find_element(By.CSS_SELECTOR, "#edit_mask_upload input[type=file]").send_keys(str(tmp_path / "more_hair.png"))
+    wait.until(lambda d: "instead of the painting" in status())
+    browser.find_element(By.CSS_SELECTOR, "#edit_run").click()
+    wait.until(lambda d: status().startswith(("Done", "Error")))
+    assert status().startswith("Done: edit") and "edited mask more_hair.png" in status(), status()
+    assert fetch("#edit_result").size == (32, 32)
     assert "Traceback" not in browser.page_source

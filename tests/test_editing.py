@@ -86,7 +86,7 @@ def test_latents_outside_the_edit_area_end_at_the_source(pipe, monkeypatch, inve
 def test_paste_back_keeps_the_input_pixels_outside(pipe):
     img, src, tgt = face(2), draw_mask(2, SIZE), hair_swapped(2)
     out = pipe.edit(img, tgt, "", src, margin=2, paste_back=True, seeds=0)
-    outside = ~dilate(out.areas[0], 2 * 2)
+    outside = ~dilate(out.areas[0], 2)
     assert outside.any()
     assert np.array_equal(np.asarray(out.images[0])[outside], img[outside])
     assert np.array_equal(out.areas[0], src != tgt)

@@ -109,11 +109,10 @@ def dilate(area: np.ndarray, radius: int) -> np.ndarray:
 
 def feather(area: np.ndarray, radius: int) -> np.ndarray:
     """A soft alpha [H, W] in [0, 1]: 1 inside `area`, fading to 0 over `radius` pixels outside it."""
-    alpha = torch.from_numpy(dilate(area, radius).astype(np.float32))[None, None]
-    if radius > 0:  # a box blur of the dilated area: still 1 everywhere inside the undilated one
-        alpha = F.avg_pool2d(alpha, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
-        alpha = torch.maximum(alpha, torch.from_numpy(area.astype(np.float32))[None, None])
-    return alpha[0, 0].numpy()
+    a = torch.from_numpy(area.astype(np.float32))[None, None]
+    if radius > 0:  # a box blur reaches `radius` pixels out; inside the area the alpha stays 1
+        a = torch.maximum(F.avg_pool2d(a, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False), a)
+    return a[0, 0].numpy()
 
 
 def latent_area(area: np.ndarray, latent_pixels: int, channels: int) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Make a SynthFaces data set: procedural faces in the MM-CelebA-HQ layout.
 
     python script/make_synthfaces.py --out data/synthfaces --num 2000 --size 256 --seed 0
+    python script/make_synthfaces.py --out data/synthfaces-expr --num 2000 --expressions
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--test_fraction", type=float, default=0.1,
         help="share of ids, taken from the end, in the test split; in [0, 1) (default: 0.1)",
     )
+    parser.add_argument(
+        "--expressions", action="store_true",
+        help="add facial expressions (neutral, smiling, open mouth, closed eyes), named in the captions and in "
+        "attributes.json; every other choice of a face stays as without this flag",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="write into a folder that already holds a data set")
     return parser
@@ -53,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that --help and argument errors stay instant.
     from face_mogle.data.synthetic import write_dataset
 
-    out = write_dataset(args.out, args.num, args.size, args.seed, args.test_fraction, progress=not args.quiet)
+    out = write_dataset(args.out, args.num, args.size, args.seed, args.test_fraction, progress=not args.quiet,
+                        expressions=args.expressions)
     n_test = int(round(args.num * args.test_fraction))
-    print(f"wrote {args.num} SynthFaces images ({args.size}x{args.size}, seed {args.seed}) to {out}: "
+    kind = "SynthFaces images with expressions" if args.expressions else "SynthFaces images"
+    print(f"wrote {args.num} {kind} ({args.size}x{args.size}, seed {args.seed}) to {out}: "
           f"{args.num - n_test} train, {n_test} test")
     return 0
 

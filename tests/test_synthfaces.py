@@ -1,5 +1,7 @@
-"""SynthFaces: determinism, class coverage, captions, exact parsing back, data set layout, CLI."""
+"""SynthFaces: determinism, class coverage, captions, exact parsing back, data set layout, CLI,
+expressions."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -148,6 +150,7 @@ def test_write_dataset_layout(tmp_path):
         assert (out / "text" / f"{i}.txt").read_text().splitlines() == texts[f"{i}.jpg"]
     attrs = json.loads((out / "attributes.json").read_text())
     assert sorted(attrs, key=int) == [str(i) for i in range(10)] and "hair_color" in attrs["0"]
+    assert not any("expression" in a for a in attrs.values())  # only with expressions=True
     assert (out / "splits" / "train.txt").read_text().split() == [str(i) for i in range(8)]
     assert (out / "splits" / "test.txt").read_text().split() == ["8", "9"]
     leftovers = [f for _, _, files in os.walk(out) for f in files if f.endswith(".tmp")]
@@ -219,3 +222,115 @@ def test_caption_color_hits_judge_only_what_the_caption_names():
     assert hits == {k: True for k in ("eye_color", "lip_color", "skin_tone", "cloth_color", "background_color")}
     assert "lip_color" not in caption_color_hits(s.image, labels, s.attributes, "He is bald.")
     assert caption_color_hits(s.image, labels, dict(s.attributes, skin_tone="light"), "x")["skin_tone"] is False
+
+
+# sha256 over the image, labels, attributes and captions of each face, recorded from the generator
+# before expressions were added: faces without expressions must never change (existing data sets and
+# the shipped model's held-out test faces depend on them).
+PINNED = {
+    64: "3a19e6b1349537946eab6b5379c491cd709923276540dae4e4d5cb337848a476",
+    128: "bb46e52c7b84f92942075ea7b04ca05d4c64e8cb103d3080879481c9ae04bd2f",
+    256: "1582c8676bae1a38f01e98f33989f0e4c25e7b83007e090e0e663825274c795d",
+}
+
+
+@pytest.mark.parametrize("size", sorted(PINNED))
+def test_faces_without_expressions_are_unchanged(size):
+    h = hashlib.sha256()
+    for seed in [(0, i) for i in range(60)] + [(3, 11), (7, 42), 12345]:
+        s = sf.render(seed, size)
+        h.update(s.image.tobytes())
+        h.update(s.labels.tobytes())
+        h.update(json.dumps(s.attributes, sort_keys=True).encode())
+        h.update("\n".join(s.captions).encode())
+    assert h.hexdigest() == PINNED[size]
+
+
+EXPRESSION_WORDS = {"smiling": "smiling", "open_mouth": "open mouth", "closed_eyes": "closed eyes"}
+FEATURES = [L[c] for c in ("l_eye", "r_eye", "mouth", "u_lip", "l_lip")]
+
+
+def test_expressions_are_drawn_as_asked():
+    counts = dict.fromkeys(sf.EXPRESSIONS, 0)
+    for i in range(400):
+        counts[sf.render((0, i), 64, expressions=True).attributes["expression"]] += 1
+    for expression, p in zip(sf.EXPRESSIONS, (0.4, 0.3, 0.2, 0.1)):
+        assert abs(counts[expression] / 400 - p) < 0.06, counts
+
+
+def test_expressions_change_only_eyes_mouth_and_captions():
+    seen = set()
+    for i in range(80):
+        plain, s = sf.render((6, i), 128), sf.render((6, i), 128, expressions=True)
+        expression = s.attributes["expression"]
+        seen.add(expression)
+        assert s.attributes["mouth_open"] == (expression == "open_mouth")
+        same = {k: v for k, v in s.attributes.items() if k not in ("expression", "mouth_open")}
+        if expression == "closed_eyes":
+            assert same.pop("eye_color") is None  # closed lids show no eye colour
+        assert same == {k: plain.attributes[k] for k in same}
+        changed = plain.labels != s.labels
+        assert (np.isin(plain.labels, FEATURES) | np.isin(s.labels, FEATURES))[changed].all(), i
+        if expression == "smiling":  # clearly visible: the corners rise by a few pixels
+            assert changed.sum() >= 10
+        # the captions say it (every phrasing); a neutral face keeps its captions word for word
+        if expression == "neutral":
+            assert s.captions == plain.captions
+        else:
+            assert all(EXPRESSION_WORDS[expression] in c.lower() for c in s.captions), s.captions
+        if expression == "closed_eyes":
+            assert not any(f"{c} eyes" in t for c in sf.EYE_COLORS for t in s.captions)
+    assert seen == set(sf.EXPRESSIONS)
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_expression_is_read_back_by_geometry(size):
+    n, from_labels, from_parse = 200, 0, 0
+    for i in range(n):
+        s = sf.render((8, i), size, expressions=True)
+        from_labels += sf.expression_of(s.labels) == s.attributes["expression"]
+        parsed = sf.parse(s.image)
+        from_parse += sf.expression_of(parsed) == s.attributes["expression"]
+        if i < 20:
+            assert sf.attributes(s.image, parsed)["expression"] == sf.expression_of(parsed)
+    # measured: 100% for both at both sizes
+    assert from_labels / n >= 0.98 and from_parse / n >= 0.95, (from_labels, from_parse)
+
+
+def test_cli_expressions(tmp_path):
+    out = tmp_path / "expr"
+    res = run_cli("--out", out, "--num", 20, "--size", 64, "--seed", 1, "--expressions", "--quiet")
+    assert res.returncode == 0, res.stderr
+    attrs = json.loads((out / "attributes.json").read_text())
+    assert len(attrs) == 20 and all(a["expression"] in sf.EXPRESSIONS for a in attrs.values())
+    texts = json.loads((out / "text.json").read_text())
+    for i, a in attrs.items():
+        if a["expression"] != "neutral":
+            assert EXPRESSION_WORDS[a["expression"]] in texts[f"{i}.jpg"][0].lower()
+    assert "--expressions" in run_cli("--help").stdout
+
+
+def test_render_changes_make_an_exact_edit_target():
+    """render(changes=...) is the same face with one thing changed: the edit benchmark's ground truth."""
+    from face_mogle.data.synthetic import HAIR_PARAMS, L, render
+
+    src = render((0, 11), 128, expressions=True)
+    same = render((0, 11), 128, expressions=True, changes={})
+    assert np.array_equal(src.image, same.image) and src.captions == same.captions
+    other = "smiling" if src.attributes["expression"] != "smiling" else "neutral"
+    smile = render((0, 11), 128, expressions=True, changes={"expression": other})
+    assert smile.attributes["expression"] == other
+    moved = smile.labels != src.labels
+    assert moved.any() and np.isin(src.labels[moved], [L["mouth"], L["u_lip"], L["l_lip"], L["skin"],
+                                                        L["l_eye"], L["r_eye"]]).all()
+    color = "orange" if src.attributes["background_color"] != "orange" else "blue"
+    recoloured = render((0, 11), 128, expressions=True, changes={"background_color": color})
+    assert np.array_equal(recoloured.labels, src.labels) and not np.array_equal(recoloured.image, src.image)
+    assert recoloured.attributes["background_color"] == color
+    donor = render((0, 12), 128, expressions=True).params
+    swapped = render((0, 11), 128, expressions=True, changes={k: donor[k] for k in HAIR_PARAMS})
+    assert swapped.params["hair_style"] == donor["hair_style"]
+    with pytest.raises(ValueError, match="unknown face parameters"):
+        render((0, 11), 64, changes={"beard": True})
+    with pytest.raises(ValueError, match="needs expressions=True"):
+        render((0, 11), 64, changes={"expression": "smiling"})

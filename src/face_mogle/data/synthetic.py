@@ -33,6 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -125,16 +126,20 @@ class Sample:
     labels: np.ndarray  # uint8 [S, S], values 0..18
     attributes: dict = field(default_factory=dict)
     captions: list[str] = field(default_factory=list)
+    params: dict = field(default_factory=dict)  # every drawn parameter (see render's `changes`)
 
 
 HAIR_STYLES = ("short", "long", "wavy", "bob", "buzz", "bald")
 EXPRESSIONS = ("neutral", "smiling", "open_mouth", "closed_eyes")
+# What makes a hairstyle: give these of another face to `render(changes=...)` to swap hairstyles.
+HAIR_PARAMS = ("hair_style", "hair_out_x", "hair_out_y", "hairline", "hair_side", "fringe", "hair_len",
+               "hair_flare", "wave_amp", "wave_freq", "wave_phase", "bob_len")
 _EXPRESSION_P = (0.4, 0.3, 0.2, 0.1)
 LID_COLOR = EYE_COLORS["brown"]  # closed lids: one dark colour for every face, so no eye colour shows
 # expression_of: a mouth whose corners rise by more than SMILE_BEND of its half-width smiles (the
 # generator bends by 0.35..0.5); eyes thinner than CLOSED_EYE_PX on average are closed (lids: 1 px).
 SMILE_BEND = 0.15
-CLOSED_EYE_PX = 1.5
+CLOSED_EYE_PX = 1.75
 _STYLE_P = {"female": (0.2, 0.3, 0.2, 0.25, 0.03, 0.02), "male": (0.45, 0.08, 0.05, 0.02, 0.25, 0.15)}
 _LIP_P = {"female": (0.4, 0.35, 0.25), "male": (0.2, 0.7, 0.1)}  # red, pink, plum
 
@@ -222,11 +227,16 @@ def _draw_params(rng: np.random.Generator) -> dict:
     return p
 
 
-def _draw_expression(rng: np.random.Generator, p: dict) -> dict:
+def _draw_expression(rng: np.random.Generator, p: dict, forced: Optional[str] = None) -> dict:
     """The expression and the mouth geometry it sets, drawn in a fixed order (every value is drawn
-    whichever expression comes out). Overrides the face's mouth_open and mouth_o."""
+    whichever expression comes out, so `forced` changes only the expression). Overrides the face's
+    mouth_open and mouth_o."""
     u = rng.uniform
     expression = EXPRESSIONS[rng.choice(len(EXPRESSIONS), p=_EXPRESSION_P)]
+    if forced is not None:
+        if forced not in EXPRESSIONS:
+            raise ValueError(f"expression must be one of {', '.join(EXPRESSIONS)}, got {forced!r}")
+        expression = forced
     open_o, smile_o, bend = u(0.025, 0.035), u(0.008, 0.014), u(0.35, 0.5)
     return {
         "expression": expression,
@@ -382,7 +392,8 @@ def _paint(p: dict, size: int) -> Image.Image:
     w = p["mw"] + 0.6 / unit
     bar = np.array([(-w, -band), (w, -band), (w, band), (-w, band)])
     if smile:
-        # bend every mouth part by one parabola: the corners rise by `smile`
+        # bend every mouth part by one parabola, the corners rising by `smile` (the band gets
+        # points along its length so that it can bend)
         xs = np.linspace(-w, w, 25)
         bar = np.concatenate([np.stack([xs, np.full(25, -band)], 1), np.stack([xs[::-1], np.full(25, band)], 1)])
         upper, lower, mouth, bar = (_bend(s, smile, p["mw"]) for s in (upper, lower, mouth, bar))
@@ -474,8 +485,9 @@ _STYLE_WORDS = {"short": "short", "long": "long", "wavy": "long wavy", "bob": "b
 
 
 def captions_for(attrs: dict, rng: np.random.Generator) -> list[str]:
-    """Five captions in different phrasings; each names the hair colour (or says bald). The first
-    is the most complete one (the test split uses each image's first caption)."""
+    """Five captions in different phrasings; each names the hair colour (or says bald), and the
+    expression where attrs has one that is not neutral. The first is the most complete one (the
+    test split uses each image's first caption)."""
     female = attrs["gender"] == "female"
     noun, subj = ("woman", "She") if female else ("man", "He")
     hair, style = attrs["hair_color"], _STYLE_WORDS.get(attrs["hair_style"], "")
@@ -509,16 +521,23 @@ def captions_for(attrs: dict, rng: np.random.Generator) -> list[str]:
         lip_phrase = f"has {skin} skin"
     else:
         lip_phrase = f"is wearing {lips} lipstick" if female and lips != "pink" else f"has {lips} lips"
-    face = [p for p in (eyes_p, lips_p) if p]
+    # A smile goes before the noun; an open mouth or closed eyes is one more "with" feature.
+    expression = attrs.get("expression", "neutral")
+    smiling = "smiling " if expression == "smiling" else ""
+    feature = {"open_mouth": "an open mouth", "closed_eyes": "closed eyes"}.get(expression)
+    trail = f"with {feature}" if feature else smiling.strip()  # after a sentence
+    face = [p for p in (eyes_p, lips_p, feature) if p]
+    look = [p for p in (eyes_p, feature) if p]
 
-    first = (f"A {noun} with {join([with_hair, *face, f'{skin} skin'])}, "
+    first = (f"A {smiling}{noun} with {join([with_hair, *face, f'{skin} skin'])}, "
              f"wearing {wearing}, on a {bg} background.")
     others = [
-        f"{subj} {has_hair} and {lip_phrase}.",
-        f"A {noun} with {join([short_hair, *([eyes_p] if eyes_p else []), wearing])}.",
-        f"Portrait of a person with {with_hair} and {skin} skin on a {bg} background.",
-        f"This {noun} has {join([f'{skin} skin', *([eyes_p] if eyes_p else [])])}, {hair_clause}, and wears {wearing}.",
-        ", ".join([short_hair.removeprefix("a "), *face, f"{skin} skin",
+        f"{subj} {has_hair} and {lip_phrase}{', ' + trail if trail else ''}.",
+        f"A {smiling}{noun} with {join([short_hair, *look, wearing])}.",
+        f"Portrait of a {smiling}person with {join([with_hair, *([feature] if feature else []), f'{skin} skin'])} "
+        f"on a {bg} background.",
+        f"This {smiling}{noun} has {join([f'{skin} skin', *look])}, {hair_clause}, and wears {wearing}.",
+        ", ".join([short_hair.removeprefix("a "), *([smiling.strip()] if smiling else []), *face, f"{skin} skin",
                    f"{cloth} shirt", f"{bg} background", *extras]),
     ]
     order = rng.permutation(len(others))
@@ -529,17 +548,33 @@ def captions_for(attrs: dict, rng: np.random.Generator) -> list[str]:
 # Public API
 
 
-def render(seed_or_rng, size: int = 256) -> Sample:
-    """Draw one face. seed_or_rng: an int, a sequence such as (seed, index), or a Generator."""
+def render(seed_or_rng, size: int = 256, expressions: bool = False, changes: Optional[dict] = None) -> Sample:
+    """Draw one face. seed_or_rng: an int, a sequence such as (seed, index), or a Generator.
+    expressions: give the face an expression (attributes["expression"], named in the captions);
+    everything else about the face stays as it is without. changes: drawn parameters to replace
+    (e.g. {"expression": "smiling"}, {"hair_color": "red"}, HAIR_PARAMS of another face): the same
+    face with that one thing changed, an edit's exact target."""
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     rng = np.random.default_rng(seed_or_rng)
     p = _draw_params(rng)
+    changes = dict(changes or {})
+    forced = changes.pop("expression", None)
+    if forced is not None and not expressions:
+        raise ValueError("changes['expression'] needs expressions=True")
+    unknown = sorted(set(changes) - set(p))
+    if unknown:
+        raise ValueError(f"unknown face parameters {unknown}")
+    p.update(changes)
+    if expressions:
+        # Its own stream: a copy of the main one jumped far ahead (the main one is left as it is,
+        # so the captions draw the same numbers as without expressions).
+        p.update(_draw_expression(np.random.Generator(rng.bit_generator.jumped()), p, forced))
     label_image = _paint(p, size)
     labels = np.array(label_image, dtype=np.uint8)
     attrs = _visible_attributes(p, labels)
     image = _colorize(label_image, p)
-    return Sample(image=image, labels=labels, attributes=attrs, captions=captions_for(attrs, rng))
+    return Sample(image=image, labels=labels, attributes=attrs, captions=captions_for(attrs, rng), params=p)
 
 
 def _nearest(pixels: np.ndarray, rgb: np.ndarray) -> np.ndarray:
@@ -686,6 +721,24 @@ def _face_frame(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([(w - 1) / 2, (h - 1) / 2]), np.array([1.0, 0.0])
 
 
+def _mouth_curve(across, down, mouth, lips) -> tuple[float, float, float, float]:
+    """The mouth's centre line, down = c0 + c2 * s**2 with s = (across - u0) / half_width, in a
+    frame (across, down) of pixel coordinates [H, W]: -> (u0, half_width, c0, c2). u0 and the
+    half-width come from the lips' extent; c0, c2 from a fit to the median depth of the mouth
+    pixels in 8 bins along the lips (medians: stray pixels do not move it)."""
+    u = across[lips]
+    u0, hw = (u.max() + u.min()) / 2, max((u.max() - u.min()) / 2, 1.0)
+    s, d = (across[mouth] - u0) / hw, down[mouth]
+    bins = np.clip(np.floor((s + 1) * 4), 0, 7)
+    at = np.unique(bins)
+    if len(at) < 3:  # too short to bend
+        return u0, hw, float(np.median(d)), 0.0
+    xs = np.array([np.median(s[bins == b]) for b in at])
+    ys = np.array([np.median(d[bins == b]) for b in at])
+    c0, c2 = np.linalg.lstsq(np.stack([np.ones_like(xs), xs**2], 1), ys, rcond=None)[0]
+    return u0, hw, float(c0), float(c2)
+
+
 def parse(image) -> np.ndarray:
     """Recover the label map of a SynthFaces-style image [H, W, 3] (uint8 RGB).
 
@@ -726,13 +779,52 @@ def parse(image) -> np.ndarray:
         box[max(0, ly.min() - pad) : ly.max() + pad + 1, max(0, lx.min() - pad) : lx.max() + pad + 1] = True
         ref = mouth & box
         line = np.median(down[ref]) if ref.any() else down[lips].mean()
+        u0, hw, c0, c2 = _mouth_curve(across, down, ref, lips) if ref.any() else (0.0, 1.0, 0.0, 0.0)
+        if abs(c2) > SMILE_BEND * hw:  # a bent mouth (a smile): the split follows the bend
+            line = c0 + c2 * ((across - u0) / hw) ** 2
         labels[lips & (down > line)] = L["l_lip"]
     return labels
 
 
+def expression_of(labels) -> str:
+    """The expression a label map [H, W] shows (one of EXPRESSIONS), by geometry; for faces of
+    128 px and more. Mouth first, in the frame of the eye axis: corners above the centre
+    by more than SMILE_BEND of the half-width -> "smiling"; a mouth region at the centre more than
+    1.7x as thick as the band between closed lips -> "open_mouth". Then eyes thinner than
+    CLOSED_EYE_PX on average (pixels per image column), or none at all -> "closed_eyes"."""
+    labels = np.asarray(labels)
+    eyes = np.isin(labels, (L["l_eye"], L["r_eye"]))
+    lips = np.isin(labels, (L["u_lip"], L["l_lip"]))
+    if lips.sum() >= 8:
+        # the eye axis, not the lips' own: an open mouth can be as tall as it is wide
+        centre, axis = _face_frame(np.where(eyes, L["l_eye"], labels))
+        yy, xx = np.mgrid[0 : labels.shape[0], 0 : labels.shape[1]]
+        across = (xx - centre[0]) * axis[0] + (yy - centre[1]) * axis[1]
+        down = (xx - centre[0]) * -axis[1] + (yy - centre[1]) * axis[0]
+        ys, xs = np.nonzero(lips)
+        # the mouth near the lips only, as in parse
+        pad = max(3, int(ys.max() - ys.min()))
+        box = np.zeros_like(lips)
+        box[max(0, ys.min() - pad) : ys.max() + pad + 1, max(0, xs.min() - pad) : xs.max() + pad + 1] = True
+        mouth = (labels == L["mouth"]) & box
+        if mouth.any():
+            u0, hw, c0, c2 = _mouth_curve(across, down, mouth, lips)
+            if -c2 > SMILE_BEND * hw:
+                return "smiling"
+            centre_px = (mouth & (np.abs(across - u0) < 0.35 * hw)).sum()
+            band = max(2.0, 0.01 * labels.shape[0])  # as _paint draws it
+            if centre_px / (0.7 * hw) > 1.7 * (band + 1):  # + 1: both edges rasterise
+                return "open_mouth"
+    columns = eyes.any(0).sum()
+    if columns == 0 or eyes.sum() / columns < CLOSED_EYE_PX:
+        return "closed_eyes"
+    return "neutral"
+
+
 def attributes(image, labels) -> dict:
     """Colour attributes of an image: for each attribute, the majority nearest named colour over
-    its class's pixels; None where the class has fewer than ~0.1% of the pixels."""
+    its class's pixels; None where the class has fewer than ~0.1% of the pixels. Plus "expression",
+    read from the label map by `expression_of`."""
     img = _check_image(image)
     labels = np.asarray(labels)
     need = _min_pixels(*labels.shape)
@@ -745,6 +837,7 @@ def attributes(image, labels) -> dict:
         names = list(named)
         votes = np.bincount(_nearest(img[mask], np.array(list(named.values()))), minlength=len(names))
         out[key] = names[int(votes.argmax())]
+    out["expression"] = expression_of(labels)
     return out
 
 
@@ -789,11 +882,13 @@ def _save_text(text: str, path: Path) -> None:
 
 
 def write_dataset(
-    out, num: int, size: int = 256, seed: int = 0, test_fraction: float = 0.1, progress: bool = True
+    out, num: int, size: int = 256, seed: int = 0, test_fraction: float = 0.1, progress: bool = True,
+    expressions: bool = False,
 ) -> Path:
     """Write `num` samples in the MM-CelebA-HQ layout under `out` (see DESIGN §2):
     face/{i}.jpg, mask/{i}.png, text/{i}.txt, text.json, attributes.json, splits/{train,test}.txt.
-    The last round(num * test_fraction) ids are the test split. Every file is written atomically."""
+    The last round(num * test_fraction) ids are the test split. Every file is written atomically.
+    expressions: faces with expressions (see `render`), named in captions and attributes.json."""
     from tqdm import tqdm
 
     if num <= 0:
@@ -806,7 +901,7 @@ def write_dataset(
 
     texts, attrs = {}, {}
     for i in tqdm(range(num), desc="SynthFaces", unit="img", disable=not progress):
-        s = render((seed, i), size)
+        s = render((seed, i), size, expressions)
         _save_jpeg(s.image, out / "face" / f"{i}.jpg")
         save_label_map(s.labels, out / "mask" / f"{i}.png")
         _save_text("\n".join(s.captions) + "\n", out / "text" / f"{i}.txt")

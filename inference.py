@@ -72,10 +72,10 @@ def parse_args(argv):
     e.add_argument("--source_prompt", default=None, metavar="TEXT", help="FACE's own description (used by --inversion ode; default: --prompt)")
     e.add_argument("--regions", default=None, metavar="CLASSES", help="comma-separated classes the edit may change besides the "
                    "relabelled pixels, e.g. hair for a text edit 'red hair' with the same mask; none changed = the whole image")
-    e.add_argument("--strength", type=float, default=None, help="how much of the schedule is re-run, in (0, 1] (default: %(default)s → editing.DEFAULT_STRENGTH)")
+    e.add_argument("--strength", type=float, default=None, help="how much of the schedule is re-run, in (0, 1]; 1 = from pure noise inside the edit area (default: 1.0)")
     e.add_argument("--inversion", choices=["noise", "ode"], default=None, help="start point: noised FACE, or the flow ODE run backwards from FACE "
-                   "under its own mask and prompt (default: editing.DEFAULT_INVERSION)")
-    e.add_argument("--margin", type=int, default=None, help="pixels the edit area grows by, for seams (default: editing.DEFAULT_MARGIN)")
+                   "under its own mask and prompt (default: noise)")
+    e.add_argument("--margin", type=int, default=None, help="pixels the edit area grows by, for seams (default: 4)")
     e.add_argument("--no_paste_back", action="store_true", help="keep the decoded pixels outside the edit area instead of FACE's own")
     e.add_argument("--parser", choices=["segformer", "synthfaces"], default="segformer", help="face parser for a missing --source_mask "
                    "(segformer: the eval suite's, from --weights_dir/face-parsing; synthfaces: SynthFaces' exact colour parser)")

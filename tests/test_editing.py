@@ -217,3 +217,15 @@ def test_cli_parses_the_source_mask_with_the_synthfaces_parser(tiny_run, tmp_pat
     parsed = load_label_map(tmp_path / "out_source_mask.png")
     assert np.array_equal(parsed, parse(s.image))
     assert json.loads((tmp_path / "out.json").read_text())["source_mask"].startswith("parsed by synthfaces")
+
+
+def test_cli_help_states_the_library_defaults():
+    """inference.py names the editing defaults in --help without importing torch: keep them equal."""
+    from face_mogle import editing
+
+    r = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--help"], capture_output=True, text=True)
+    text = " ".join(r.stdout.split())  # argparse wraps lines
+    assert f"(default: {editing.DEFAULT_STRENGTH})" in text
+    assert f"(default: {editing.DEFAULT_INVERSION})" in text
+    assert f"(default: {editing.DEFAULT_MARGIN})" in text
+    assert editing.DEFAULT_PASTE_BACK and "--no_paste_back" in text

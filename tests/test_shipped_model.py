@@ -80,3 +80,43 @@ def test_shipped_model_obeys_the_prompt(monkeypatch):
     right = sum(g == c for g, (c, _) in zip(got, jobs))
     assert right / len(jobs) >= floor, \
         f"background colour obeyed in {right}/{len(jobs)} text-only samples: asked {[c for c, _ in jobs]}, got {got}"
+
+
+def edit_cases():
+    """4 held-out faces, each given the next face's hairstyle: (source, exact target) pairs."""
+    from face_mogle.data.synthetic import HAIR_PARAMS, render
+
+    cases = []
+    for i in range(4500, 4512):
+        src = render((0, i), 128, expressions=True)
+        donor = render((0, i + 1), 128, expressions=True).params
+        tgt = render((0, i), 128, expressions=True, changes={k: donor[k] for k in HAIR_PARAMS})
+        if (src.labels != tgt.labels).mean() > 0.02:  # a visible change of hairstyle
+            cases.append((i, src, tgt))
+    return cases[:4]
+
+
+def test_shipped_model_edits_a_face(monkeypatch):
+    """Mask edits of real (held-out) faces: the new hair follows the edited mask inside the edit
+    area, and the rest of the face is kept (PSNR outside it against the input)."""
+    monkeypatch.chdir(ROOT)
+    from face_mogle.data.synthetic import mean_iou, parse
+    from face_mogle.pipeline import FaceMoGLEPipeline
+
+    limits = floors()
+    if "edit_miou_in_area" not in limits:
+        pytest.skip("this model card predates the editing floors (issue #15)")
+    pipe = FaceMoGLEPipeline.from_run(MODEL, device="cpu")
+    cases = edit_cases()
+    assert len(cases) == 4
+    out = pipe.edit([s.image for _, s, _ in cases], [t.labels for _, _, t in cases], [t.captions[0] for _, _, t in cases],
+                    [s.labels for _, s, _ in cases], source_prompts=[s.captions[0] for _, s, _ in cases],
+                    seeds=[i for i, _, _ in cases], batch_size=4)
+    images = [np.asarray(im) for im in out.images]
+    areas = out.areas
+    parsed = [parse(im) for im in images]
+    miou = mean_iou([p[a] for p, a in zip(parsed, areas)], [t.labels[a] for (_, _, t), a in zip(cases, areas)])
+    diff = [(im.astype(float) - s.image.astype(float))[~a] for im, (_, s, _), a in zip(images, cases, areas)]
+    psnr = float(np.mean([10 * np.log10(255**2 / max(1e-10, (d**2).mean())) for d in diff]))
+    assert miou >= limits["edit_miou_in_area"], f"mIoU inside the edit areas {miou:.3f} < {limits['edit_miou_in_area']}"
+    assert psnr >= limits["edit_psnr_outside"], f"PSNR outside the edit areas {psnr:.1f} dB < {limits['edit_psnr_outside']}"

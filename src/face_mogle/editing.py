@@ -31,8 +31,8 @@ from .labels import CLASSES
 
 INVERSIONS = ("noise", "ode")
 # Measured by bench/editing.py on the shipped tiny model (BENCHMARKS.md "Editing a real face").
-DEFAULT_STRENGTH = 0.8
-DEFAULT_INVERSION = "ode"
+DEFAULT_STRENGTH = 1.0
+DEFAULT_INVERSION = "noise"
 DEFAULT_MARGIN = 4
 DEFAULT_PASTE_BACK = True
 

@@ -2,7 +2,7 @@
 # Reproduce the shipped tiny Face-MoGLE (checkpoints/face-mogle-tiny/) with the project's own scripts:
 #   SynthFaces → (1) a small 16-channel VAE → (1b) text encoders pre-trained to bind words to
 #   attributes → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
-# Runs on a CPU (about 2.5 hours on 2 cores) or a GPU. Extra arguments go to every train.py call.
+# Runs on a CPU (about 2 hours on 2 quiet cores) or a GPU. Extra arguments go to every train.py call.
 # Each stage writes its own folder under checkpoints/tiny-stages/; re-running skips finished stages
 # and resumes the DiT stages from their latest checkpoint.
 set -euo pipefail

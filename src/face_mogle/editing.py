@@ -207,25 +207,13 @@ def edit(
     them per image) widen the edit area, for text edits."""
     from .pipeline import SamplingError
 
-    cfg = pipe.cfg.sample
-    steps = cfg.steps if steps is None else steps
-    guidance = cfg.guidance if guidance is None else float(guidance)
-    condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
-    size = pipe.check_size(cfg.size if size is None else size)
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
+    steps, guidance, condition_scale, size = pipe.settings(steps, guidance, condition_scale, size, batch_size)
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise SamplingError(f"strength must be in (0, 1], got {strength!r}")
     if inversion not in INVERSIONS:
         raise SamplingError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
     if not isinstance(margin, (int, np.integer)) or margin < 0:
         raise SamplingError(f"margin must be an integer >= 0 (pixels), got {margin!r}")
-    if not (math.isfinite(condition_scale) and condition_scale > 0):
-        raise SamplingError(f"condition scale must be a finite number > 0, got {condition_scale}")
-    if not math.isfinite(guidance):
-        raise SamplingError(f"guidance must be a finite number, got {guidance}")
-    if batch_size < 1:
-        raise SamplingError(f"batch size must be >= 1, got {batch_size}")
 
     def listed(x, name):
         if isinstance(x, (list, tuple)):

@@ -250,6 +250,24 @@ class FaceMoGLEPipeline:
                                 f"(raise it with --set sample.max_size=N if you have the memory)")
         return int(size)
 
+    def settings(self, steps, guidance, condition_scale, size, batch_size) -> tuple[int, float, float, int]:
+        """Sampling settings, None = the run config's `sample.*`, checked: (steps, guidance,
+        condition scale, size)."""
+        cfg = self.cfg.sample
+        steps = cfg.steps if steps is None else steps
+        guidance = cfg.guidance if guidance is None else float(guidance)
+        condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
+        size = self.check_size(cfg.size if size is None else size)
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+            raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
+        if not (math.isfinite(condition_scale) and condition_scale > 0):
+            raise SamplingError(f"condition scale must be a finite number > 0, got {condition_scale}")
+        if not math.isfinite(guidance):
+            raise SamplingError(f"guidance must be a finite number, got {guidance}")
+        if batch_size < 1:
+            raise SamplingError(f"batch size must be >= 1, got {batch_size}")
+        return steps, guidance, condition_scale, size
+
     def load_mask(self, mask: Any, size: int) -> Optional[np.ndarray]:
         """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
         if mask is None:
@@ -336,18 +354,7 @@ class FaceMoGLEPipeline:
         `on_step(done, total)` is called after every denoising step (done counts over all batches).
         """
         cfg = self.cfg.sample
-        steps = cfg.steps if steps is None else steps
-        guidance = cfg.guidance if guidance is None else float(guidance)
-        condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
-        size = self.check_size(cfg.size if size is None else size)
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-            raise SamplingError(f"steps must be an integer >= 1, got {steps!r}")
-        if not (math.isfinite(condition_scale) and condition_scale > 0):
-            raise SamplingError(f"condition scale must be a finite number > 0, got {condition_scale}")
-        if not math.isfinite(guidance):
-            raise SamplingError(f"guidance must be a finite number, got {guidance}")
-        if batch_size < 1:
-            raise SamplingError(f"batch size must be >= 1, got {batch_size}")
+        steps, guidance, condition_scale, size = self.settings(steps, guidance, condition_scale, size, batch_size)
         if gate_step is not None and not 0 <= gate_step < steps:
             raise SamplingError(f"gate step must be in 0..{steps - 1}, got {gate_step}")
 

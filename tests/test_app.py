@@ -312,9 +312,29 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_page_generates_in_a_browser(server, browser, tmp_path):
+def fetch_image(browser, selector) -> Image.Image:
+    """The image an <img> under `selector` shows, as the server sends it."""
+    from selenium.webdriver.common.by import By
+
+    src = browser.find_element(By.CSS_SELECTOR, f"{selector} img").get_attribute("src")
+    with urllib.request.urlopen(src, timeout=30) as r:
+        return Image.open(io.BytesIO(r.read()))
+
+
+def type_into(browser, fields) -> None:
+    """Replace the text of each (CSS selector, value) box, then leave it (gradio reads it on blur)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
+
+    for field, value in fields:
+        box = browser.find_element(By.CSS_SELECTOR, field)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value)
+        box.send_keys(Keys.TAB)
+
+
+def test_page_generates_in_a_browser(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, log = server
@@ -324,10 +344,7 @@ def test_page_generates_in_a_browser(server, browser, tmp_path):
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
     status = lambda: browser.find_element(By.CSS_SELECTOR, "#status").text  # noqa: E731
 
-    def fetch(selector) -> Image.Image:
-        src = browser.find_element(By.CSS_SELECTOR, f"{selector} img").get_attribute("src")
-        with urllib.request.urlopen(src, timeout=30) as r:
-            return Image.open(io.BytesIO(r.read()))
+    fetch = lambda selector: fetch_image(browser, selector)  # noqa: E731
 
     # Upload a mask; the page shows it coloured with the palette.
     mask = tmp_path / "upload.png"
@@ -339,11 +356,7 @@ def test_page_generates_in_a_browser(server, browser, tmp_path):
     assert shown.shape == (64, 64, 3) and (shown == PALETTE[1]).all(-1).any()  # skin in its palette colour
 
     # Ask for 24 px, 2 steps; generate; the result decodes at that size.
-    for field, value in (("#size input", "24"), ("#steps input[type=number]", "2")):
-        box = browser.find_element(By.CSS_SELECTOR, field)
-        box.send_keys(Keys.CONTROL, "a")
-        box.send_keys(value)
-        box.send_keys(Keys.TAB)
+    type_into(browser, (("#size input", "24"), ("#steps input[type=number]", "2")))
     browser.find_element(By.CSS_SELECTOR, "#generate").click()
     wait.until(lambda d: status().startswith("Done"))
     assert "24x24" in status() and "2 steps" in status() and "upload.png" in status()
@@ -367,7 +380,6 @@ def test_page_generates_in_a_browser(server, browser, tmp_path):
 def test_page_edits_in_a_browser(server, browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from face_mogle.data.masks import load_label_map, save_label_map
@@ -380,10 +392,7 @@ def test_page_edits_in_a_browser(server, browser, tmp_path):
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_example"))
     status = lambda: browser.find_element(By.CSS_SELECTOR, "#edit_status").text  # noqa: E731
 
-    def fetch(selector) -> Image.Image:
-        src = browser.find_element(By.CSS_SELECTOR, f"{selector} img").get_attribute("src")
-        with urllib.request.urlopen(src, timeout=30) as r:
-            return Image.open(io.BytesIO(r.read()))
+    fetch = lambda selector: fetch_image(browser, selector)  # noqa: E731
 
     # The example: the face, its mask on the painting canvas, its caption as the prompt.
     browser.find_element(By.CSS_SELECTOR, "#edit_example").click()
@@ -403,11 +412,7 @@ def test_page_edits_in_a_browser(server, browser, tmp_path):
         .move_by_offset(step, 0).move_by_offset(step, 0).move_by_offset(0, step).move_by_offset(0, step) \
         .release().perform()
 
-    for field, value in (("#edit_size input", "32"), ("#edit_steps input[type=number]", "2")):
-        box = browser.find_element(By.CSS_SELECTOR, field)
-        box.send_keys(Keys.CONTROL, "a")
-        box.send_keys(value)
-        box.send_keys(Keys.TAB)
+    type_into(browser, (("#edit_size input", "32"), ("#edit_steps input[type=number]", "2")))
     browser.find_element(By.CSS_SELECTOR, "#edit_run").click()
     wait.until(lambda d: status().startswith(("Done", "Error")))
     assert status().startswith("Done: edit, ") and "32x32" in status() and "2 steps" in status(), status()

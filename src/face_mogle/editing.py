@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .encoding import encode_distribution, encode_prompts, latent_tokens, pack
+from .encoding import encode_images, encode_prompts, pack
 from .labels import CLASSES
 
 INVERSIONS = ("noise", "ode")
@@ -124,9 +124,9 @@ def latent_area(area: np.ndarray, latent_pixels: int, channels: int) -> torch.Te
 
 
 class _Editor:
-    def __init__(self, pipe, steps, guidance, condition_scale, size, strength, inversion, margin, paste_back):
-        self.pipe, self.steps, self.guidance, self.condition_scale = pipe, steps, guidance, condition_scale
-        self.size, self.strength, self.inversion, self.margin, self.paste_back = size, strength, inversion, margin, paste_back
+    def __init__(self, pipe, steps, run_steps, guidance, condition_scale, size, inversion, margin, paste_back):
+        self.pipe, self.steps, self.run_steps, self.guidance, self.condition_scale = pipe, steps, run_steps, guidance, condition_scale
+        self.size, self.inversion, self.margin, self.paste_back = size, inversion, margin, paste_back
 
     @torch.inference_mode()
     def batch(self, faces, sources, targets, areas, prompts, source_prompts, seeds, step_done) -> list:
@@ -135,16 +135,15 @@ class _Editor:
         noise, generators = zip(*(pipe.initial_noise(s, size) for s in seeds))
         eps = torch.cat(noise).to(device)
         timesteps, sigmas = pipe.timesteps(self.steps, eps.shape[1])
-        start = self.steps - min(self.steps, max(1, round(self.steps * self.strength)))
+        start = self.steps - self.run_steps
 
         pixels = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float().div(255).to(device)
-        mean, std = encode_distribution(pipe.backbone.vae, pixels)
-        x0 = latent_tokens(pipe.backbone.vae, mean, std, sample=False)
+        x0 = encode_images(pipe.backbone.vae, pixels)  # the posterior mode, as the training cache
         channels = pipe.backbone.latent_channels
         keep = torch.cat([latent_area(dilate(a, self.margin), pipe.backbone.vae_scale_factor, channels)
                           for a in areas]).to(device)  # 1 = regenerate, 0 = the source's path
 
-        texts = sorted(set(prompts) | set(source_prompts))
+        texts = sorted(set(prompts) | (set(source_prompts) if self.inversion == "ode" else set()))  # noise never reads the source's
         t5_all, pooled_all = encode_prompts(pipe.backbone, texts, pipe.cfg.sample.max_sequence_length, device=device)
         pick = lambda ps: (t5_all[[texts.index(p) for p in ps]], pooled_all[[texts.index(p) for p in ps]])  # noqa: E731
         cond = pipe.conditions(*pick(prompts), targets, generators, size, self.guidance, self.condition_scale)
@@ -257,8 +256,8 @@ def edit(
     sources = [pipe.load_mask(m, size) for m in cols["source masks"]]
     areas = [edit_area(s, t, r) for s, t, r in zip(sources, targets, region_ids)]
 
-    editor = _Editor(pipe, steps, guidance, condition_scale, size, float(strength), inversion, int(margin), bool(paste_back))
-    run_steps = min(steps, max(1, round(steps * strength)))
+    run_steps = min(steps, max(1, round(steps * strength)))  # the last run_steps of the schedule, as img2img counts
+    editor = _Editor(pipe, steps, run_steps, guidance, condition_scale, size, inversion, int(margin), bool(paste_back))
     per_batch = run_steps * (2 if inversion == "ode" else 1)
     total, done = per_batch * math.ceil(n / batch_size), 0
 

@@ -98,7 +98,7 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     from face_mogle.data.batch import encode_batch
     from face_mogle.data.dataset import load_face
     from face_mogle.encoding import image_ids, text_ids
-    from face_mogle.labels import NUM_CLASSES
+    from face_mogle.labels import NUM_CLASSES, NUM_MAPS
     from face_mogle.training.objective import flow_matching_loss, noisy_and_target
 
     size, model, device, dtype = pipe.cfg.sample.size, pipe.model, pipe.device, pipe.dtype
@@ -111,7 +111,7 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     for chunk in np.array_split(np.arange(len(ids)), n_chunks):
         batch = {"image": torch.stack([load_face(root / "face" / f"{ids[j]}.jpg", size) for j in chunk]),
                  "labels": torch.from_numpy(np.stack([truth["masks"][j] for j in chunk])).long(),
-                 "drop_maps": torch.zeros(len(chunk), NUM_CLASSES, dtype=torch.bool),
+                 "drop_maps": torch.zeros(len(chunk), NUM_MAPS, dtype=torch.bool),
                  "caption": [truth["prompts"][j] for j in chunk]}
         with torch.inference_mode():
             inp = encode_batch(batch, pipe.backbone, pipe.cfg, sample=False)  # posterior means: no draws

@@ -93,7 +93,7 @@ def measure(args) -> dict:
     from face_mogle.data.batch import cached_batch_inputs
     from face_mogle.data.cache import CachedFaceDataset, build_cache, open_cache
     from face_mogle.data.dataset import FaceDataset, collate
-    from face_mogle.data.masks import condition_stack_torch, drop_local_maps
+    from face_mogle.data.masks import condition_stack_torch, drop_maps
     from face_mogle.models.builder import load_backbone
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
@@ -120,14 +120,14 @@ def measure(args) -> dict:
 
             def vae_part():
                 stack = condition_stack_torch(batch["labels"], cfg.model.global_map)
-                stack = drop_local_maps(stack, batch["drop_maps"])
+                stack = drop_maps(stack, batch["drop_maps"])
                 m, s = encoding.encode_distribution(vae, batch["image"])
                 encoding.latent_tokens(vae, m, s, True, gen)
                 m, s = encoding.encode_distribution(vae, stack.flatten(0, 1))  # identical maps once
                 encoding.latent_tokens(vae, m, s, True, gen)
 
             def vae_official():  # every one of the 21 images through the encoder, as the official code
-                stack = drop_local_maps(condition_stack_torch(batch["labels"], cfg.model.global_map), batch["drop_maps"])
+                stack = drop_maps(condition_stack_torch(batch["labels"], cfg.model.global_map), batch["drop_maps"])
                 with torch.no_grad():
                     images = torch.cat([batch["image"], stack.flatten(0, 1)])
                     for chunk in images.split(32):

@@ -1,5 +1,6 @@
 """The latent/text cache: cached inputs equal uncached ones, dedup, resumable builds, staleness, CLI."""
 
+import copy
 import json
 import os
 import shutil
@@ -55,7 +56,8 @@ def cache_files(folder):
 
 
 def test_cached_inputs_equal_uncached(built, tiny_backbone):
-    cfg = built
+    cfg = copy.deepcopy(built)
+    cfg.data.drop_mask_prob = 0.3  # whole-mask dropout too: the global map becomes the empty map
     cache = open_cache(cfg, tiny_backbone, "both")
     plain = FaceDataset.from_config(cfg.data, "train", seed=5)
     cached = CachedFaceDataset.from_config(cfg, cache, "train", seed=5)
@@ -66,7 +68,9 @@ def test_cached_inputs_equal_uncached(built, tiny_backbone):
     b = collate([cached[i] for i in range(len(cached))])
     # same (seed, epoch, id) choices: captions and dropouts, both exercised here
     assert a["caption"] == b["caption"] and torch.equal(a["drop_maps"], b["drop_maps"])
-    assert "" in a["caption"] and a["drop_maps"].any()
+    assert "" in a["caption"] and a["drop_maps"][:, 1:].any()
+    whole = a["drop_maps"][:, 0]
+    assert whole.any() and not whole.all() and a["drop_maps"][whole].all()
     for sample in (False, True):
         u = encode_batch(a, tiny_backbone, cfg, torch.Generator().manual_seed(0), sample=sample)
         c = cached_batch_inputs(b, cached.vae_config, torch.Generator().manual_seed(0), sample=sample)

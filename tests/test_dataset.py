@@ -9,7 +9,7 @@ import torch
 
 from face_mogle.config import load_config
 from face_mogle.data.dataset import DataError, FaceDataset, collate, read_split, sample_choice
-from face_mogle.labels import NUM_CLASSES
+from face_mogle.labels import NUM_CLASSES, NUM_MAPS
 
 SIZE = 32
 
@@ -125,7 +125,7 @@ def test_items_and_collate(root):
     assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert item["labels"].shape == (SIZE, SIZE) and item["labels"].dtype == torch.int64
     assert 0 <= int(item["labels"].min()) and int(item["labels"].max()) < NUM_CLASSES
-    assert item["drop_maps"].shape == (NUM_CLASSES,) and item["drop_maps"].dtype == torch.bool
+    assert item["drop_maps"].shape == (NUM_MAPS,) and item["drop_maps"].dtype == torch.bool
     assert item["caption"] in captions_of(root, 3) + [""]
     batch = collate([ds[i] for i in range(3)])
     assert batch["image"].shape == (3, 3, SIZE, SIZE) and batch["labels"].shape == (3, SIZE, SIZE)
@@ -165,14 +165,15 @@ def test_choice_rates_match_the_probabilities():
     n, p_text, p_image, k = 4000, 0.2, 0.1, 5
     picks = [sample_choice(0, 1, i, k, p_text, p_image, train=True) for i in range(n)]
     text_rate = np.mean([c.drop_text for c in picks])
-    map_rate = np.mean([c.drop_maps for c in picks])  # 76,000 draws
+    map_rate = np.mean([c.drop_maps[1:] for c in picks])  # 76,000 draws
     counts = np.bincount([c.caption_index for c in picks], minlength=k)
     assert abs(text_rate - p_text) < 0.03
     assert abs(map_rate - p_image) < 0.006
     assert counts.min() > 0.8 * n / k and counts.max() < 1.2 * n / k
     # the per-class drops are independent of each other: about p² of pairs drop together
-    both = np.mean([c.drop_maps[0] and c.drop_maps[1] for c in picks])
+    both = np.mean([c.drop_maps[1] and c.drop_maps[2] for c in picks])
     assert both < 3 * p_image**2
+    assert not any(c.drop_maps[0] for c in picks)  # the official dropout keeps the global map
     never = [sample_choice(0, 1, i, k, 0.0, 0.0, train=True) for i in range(200)]
     assert not any(c.drop_text or c.drop_maps.any() for c in never)
 
@@ -192,7 +193,19 @@ def test_test_split_uses_the_first_caption_and_no_dropout(root):
     train = FaceDataset.from_config(cfg.data, "train", seed=3, load_images=False)
     assert train.train and len(train) == 11
     item = train[0]  # probabilities 1: everything dropped
-    assert item["caption"] == "" and item["drop_maps"].all()
+    assert item["caption"] == "" and item["drop_maps"][1:].all() and not item["drop_maps"][0]
+
+
+def test_whole_mask_dropout_trains_text_only_mode_and_leaves_the_official_draws_alone():
+    n, p_mask, k = 4000, 0.25, 5
+    official = [sample_choice(0, 1, i, k, 0.2, 0.1, train=True) for i in range(n)]
+    picks = [sample_choice(0, 1, i, k, 0.2, 0.1, train=True, drop_mask_prob=p_mask) for i in range(n)]
+    whole = np.array([c.drop_maps[0] for c in picks])
+    assert abs(whole.mean() - p_mask) < 0.03
+    for a, b, w in zip(official, picks, whole):
+        assert (a.caption_index, a.drop_text) == (b.caption_index, b.drop_text)
+        # a dropped mask drops every map (all 20 zero = text-only mode); otherwise the official draws stand
+        assert b.drop_maps.tolist() == ([True] * NUM_MAPS if w else a.drop_maps.tolist())
 
 
 def test_empty_caption_is_an_error_naming_it(tmp_path):

@@ -11,7 +11,7 @@ from face_mogle.data.masks import (
     MaskError,
     condition_stack,
     condition_stack_torch,
-    drop_local_maps,
+    drop_maps,
     labels_from_stack,
     load_label_map,
     save_label_map,
@@ -236,26 +236,27 @@ def test_labels_from_stack_checks_its_input():
     np.testing.assert_array_equal(labels_from_stack(wrong_global, global_mode=None), labels)
     with pytest.raises(MaskError, match="global map disagrees"):
         labels_from_stack(stack, "gray")  # a palette stack is not a gray stack
-    dropped = drop_local_maps(stack, np.eye(NUM_CLASSES, dtype=bool)[3])
+    dropped = drop_maps(stack, np.eye(NUM_MAPS, dtype=bool)[4])
     with pytest.raises(MaskError, match="no class"):
         labels_from_stack(dropped)
     with pytest.raises(MaskError, match="expected a stack"):
         labels_from_stack(stack[1:])
 
 
-def test_drop_local_maps_numpy_and_torch():
-    batch = np.stack([all_labels(seed=s) for s in range(2)])
+def test_drop_maps_numpy_and_torch():
+    batch = np.stack([all_labels(seed=s) for s in range(3)])
     stack = condition_stack_torch(torch.from_numpy(batch).long())
-    drop = torch.zeros(2, NUM_CLASSES, dtype=torch.bool)
-    drop[0, [0, 5]] = True
-    drop[1, 18] = True
-    out = drop_local_maps(stack, drop)
-    for b in range(2):
-        for c in range(NUM_CLASSES):
-            expected = torch.zeros_like(stack[b, c + 1]) if drop[b, c] else stack[b, c + 1]
-            assert torch.equal(out[b, c + 1], expected)
-        assert torch.equal(out[b, 0], stack[b, 0])  # the global map is never dropped
-    out_np = drop_local_maps(stack.numpy(), drop.numpy())
+    drop = torch.zeros(3, NUM_MAPS, dtype=torch.bool)
+    drop[0, [1, 6]] = True  # two local maps
+    drop[1, 19] = True
+    drop[2] = True  # the whole mask: text-only mode
+    out = drop_maps(stack, drop)
+    for b in range(3):
+        for k in range(NUM_MAPS):
+            expected = torch.zeros_like(stack[b, k]) if drop[b, k] else stack[b, k]
+            assert torch.equal(out[b, k], expected)
+    assert not out[2].any() and out[0, 0].any()
+    out_np = drop_maps(stack.numpy(), drop.numpy())
     np.testing.assert_array_equal(out_np, out.numpy())
     assert stack[0, 1].any()  # the input is left alone
 

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from .. import encoding
-from .masks import condition_stack_torch, drop_local_maps
+from .masks import condition_stack_torch, drop_maps
 
 
 def _vae_like(vae_config) -> object:
@@ -37,8 +37,8 @@ def encode_batch(batch: dict, backbone, cfg, generator: Optional[torch.Generator
                  sample: bool = True, with_masks: bool = True) -> dict:
     """Encode a `FaceDataset` batch on the fly (the uncached path).
 
-    batch: "image" [B,3,S,S] in [0,1], "labels" [B,S,S], "drop_maps" bool [B,19], "caption" list.
-    The condition stack is built from the labels in `cfg.model.global_map` mode, the dropped local
+    batch: "image" [B,3,S,S] in [0,1], "labels" [B,S,S], "drop_maps" bool [B,20], "caption" list.
+    The condition stack is built from the labels in `cfg.model.global_map` mode, the dropped
     maps zeroed, and every map encoded like an image; `sample=False` takes posterior means.
     """
     vae = backbone.vae
@@ -47,7 +47,7 @@ def encode_batch(batch: dict, backbone, cfg, generator: Optional[torch.Generator
     out = {"x0": encoding.latent_tokens(vae, face_mean, face_std, sample, generator)}
     if with_masks:  # `train.mode: base` has no condition stream
         stack = condition_stack_torch(batch["labels"].to(device), cfg.model.global_map)
-        stack = drop_local_maps(stack, batch["drop_maps"].to(device))
+        stack = drop_maps(stack, batch["drop_maps"].to(device))
         b, e = stack.shape[:2]
         map_mean, map_std = encoding.encode_distribution(vae, stack.flatten(0, 1))
         maps = encoding.latent_tokens(vae, map_mean, map_std, sample, generator)

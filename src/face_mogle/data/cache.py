@@ -355,14 +355,14 @@ class LatentCache:
 
     def read(self, image_id: int, caption_index: Optional[int], dropped: Optional[np.ndarray] = None) -> dict:
         """Stored tensors of one sample; caption_index None = the empty caption; `dropped`
-        (bool [19]) local maps are replaced by the empty map like absent ones."""
+        (bool [20], 0 = the global map) maps are replaced by the empty map like absent ones."""
         s, row = self.locations[image_id]
         f = self._handle(s)
         meta = self._meta[s]
         shared = self.shared()
         index = meta["map_index"][row].long().clone()  # [20]
         if dropped is not None:
-            index[1:][torch.as_tensor(dropped, dtype=torch.bool)] = -1
+            index[torch.as_tensor(dropped, dtype=torch.bool)] = -1
         present = index >= 0
         map_mean = shared["empty_map_mean"].expand(NUM_MAPS, *shared["empty_map_mean"].shape).clone()
         map_std = shared["empty_map_std"].expand(NUM_MAPS, *shared["empty_map_std"].shape).clone()
@@ -466,20 +466,20 @@ class CachedFaceDataset(torch.utils.data.Dataset):
     """`FaceDataset`'s twin that reads the cache instead of pixels.
 
     Same ids, same (seed, epoch, id) choices via `sample_choice`. Items: id, caption (""=dropped),
-    caption_index, drop_maps bool [19], face_mean/face_std [C,h,w], map_mean/map_std [20,C,h,w]
-    (absent and dropped local maps = the empty map), prompt_embeds [L,D], pooled_embeds [Dp];
+    caption_index, drop_maps bool [20], face_mean/face_std [C,h,w], map_mean/map_std [20,C,h,w]
+    (absent and dropped maps = the empty map), prompt_embeds [L,D], pooled_embeds [Dp];
     tensors in the cache dtype. `cached_batch_inputs(collate(items), dataset.vae_config, gen)`
     then gives the training step's inputs.
     """
 
     def __init__(self, cache: LatentCache, ids: Sequence[int], seed: int = 0, train: bool = True,
-                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1):
+                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, drop_mask_prob: float = 0.0):
         missing = [i for i in ids if i not in cache.locations]
         if missing:
             raise CacheError(f"latent cache {cache.dir} lacks {len(missing)} of {len(ids)} ids (e.g. {missing[0]})")
         self.cache, self.ids = cache, list(ids)
         self.seed, self.train = seed, train
-        self.drop_text_prob, self.drop_image_prob = drop_text_prob, drop_image_prob
+        self.drop_text_prob, self.drop_image_prob, self.drop_mask_prob = drop_text_prob, drop_image_prob, drop_mask_prob
         self.epoch = 0
 
     @classmethod
@@ -487,7 +487,7 @@ class CachedFaceDataset(torch.utils.data.Dataset):
                     train: Optional[bool] = None) -> "CachedFaceDataset":
         train = (split == "train") if train is None else train
         return cls(cache, read_split(cfg.data.root, split_spec(split, cfg.data)), seed, train, cfg.data.drop_text_prob,
-                   cfg.data.drop_image_prob)
+                   cfg.data.drop_image_prob, cfg.data.drop_mask_prob)
 
     @property
     def vae_config(self) -> dict:
@@ -502,7 +502,7 @@ class CachedFaceDataset(torch.utils.data.Dataset):
     def choice(self, image_id: int, epoch: Optional[int] = None) -> SampleChoice:
         epoch = self.epoch if epoch is None else epoch
         return sample_choice(self.seed, epoch, image_id, len(self.cache.captions(image_id)),
-                             self.drop_text_prob, self.drop_image_prob, self.train)
+                             self.drop_text_prob, self.drop_image_prob, self.train, self.drop_mask_prob)
 
     def __getitem__(self, index) -> dict:
         # `(index, epoch)` pairs, as for FaceDataset, carry the epoch into loader workers.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..labels import NUM_CLASSES
+from ..labels import NUM_CLASSES, NUM_MAPS
 from .masks import MaskError, load_label_map
 
 
@@ -120,30 +120,37 @@ def load_face(path: str | os.PathLike, size: int) -> torch.Tensor:
 class SampleChoice:
     caption_index: int
     drop_text: bool
-    drop_maps: np.ndarray  # bool [19]
+    drop_maps: np.ndarray  # bool [20], aligned with the condition stack: 0 = global map, 1..19 = local maps
 
 
 def sample_choice(seed: int, epoch: int, image_id: int, num_captions: int, drop_text_prob: float,
-                  drop_image_prob: float, train: bool) -> SampleChoice:
-    """The random choices of one sample, a pure function of (seed, epoch, id)."""
+                  drop_image_prob: float, train: bool, drop_mask_prob: float = 0.0) -> SampleChoice:
+    """The random choices of one sample, a pure function of (seed, epoch, id).
+
+    `drop_image_prob` drops each local map on its own (the official dropout: the global map stays);
+    `drop_mask_prob` drops the whole mask, global map included, which is text-only mode.
+    """
     if not train:
-        return SampleChoice(0, False, np.zeros(NUM_CLASSES, dtype=bool))
+        return SampleChoice(0, False, np.zeros(NUM_MAPS, dtype=bool))
     rng = np.random.default_rng([seed, epoch, image_id])
     caption_index = int(rng.integers(num_captions))
     drop_text = bool(rng.random() < drop_text_prob)
-    drop_maps = rng.random(NUM_CLASSES) < drop_image_prob
+    drop_local = rng.random(NUM_CLASSES) < drop_image_prob
+    drop_mask = bool(rng.random() < drop_mask_prob)  # drawn last: the official draws above do not move
+    drop_maps = np.concatenate([[drop_mask], drop_local | drop_mask])
     return SampleChoice(caption_index, drop_text, drop_maps)
 
 
 class FaceDataset(torch.utils.data.Dataset):
-    """Items: id, image [3,S,S] in [0,1], labels long [S,S], caption (possibly ""), drop_maps bool [19].
+    """Items: id, image [3,S,S] in [0,1], labels long [S,S], caption (possibly ""), drop_maps bool [20].
 
     Labels rather than the 20-map stack travel through the loader (20× smaller); the stack is
     built on the device by `masks.condition_stack_torch`.
     """
 
     def __init__(self, root: str | os.PathLike, split: str, size: int, seed: int = 0, train: bool = True,
-                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, load_images: bool = True):
+                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, load_images: bool = True,
+                 drop_mask_prob: float = 0.0):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"data root not found: {self.root} (expected face/, mask/ and text.json or text/)")
@@ -151,7 +158,7 @@ class FaceDataset(torch.utils.data.Dataset):
         self.captions = read_captions(self.root, self.ids)
         check_files(self.root, self.ids, self.captions, need_faces=load_images)
         self.size, self.seed, self.train = size, seed, train
-        self.drop_text_prob, self.drop_image_prob = drop_text_prob, drop_image_prob
+        self.drop_text_prob, self.drop_image_prob, self.drop_mask_prob = drop_text_prob, drop_image_prob, drop_mask_prob
         self.load_images = load_images
         self.epoch = 0
 
@@ -159,7 +166,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def from_config(cls, data_cfg, split: str = "train", seed: int = 0, train: Optional[bool] = None, **kw):
         train = (split == "train") if train is None else train
         return cls(data_cfg.root, split_spec(split, data_cfg), data_cfg.size, seed, train, data_cfg.drop_text_prob,
-                   data_cfg.drop_image_prob, **kw)
+                   data_cfg.drop_image_prob, drop_mask_prob=data_cfg.drop_mask_prob, **kw)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -170,7 +177,7 @@ class FaceDataset(torch.utils.data.Dataset):
     def choice(self, image_id: int, epoch: Optional[int] = None) -> SampleChoice:
         epoch = self.epoch if epoch is None else epoch
         return sample_choice(self.seed, epoch, image_id, len(self.captions[image_id]),
-                             self.drop_text_prob, self.drop_image_prob, self.train)
+                             self.drop_text_prob, self.drop_image_prob, self.train, self.drop_mask_prob)
 
     def __getitem__(self, index) -> dict:
         # `(index, epoch)` pairs let a sampler carry the epoch into loader worker processes.

@@ -271,16 +271,14 @@ def labels_from_stack(stack: Any, global_mode: str | None = "palette") -> np.nda
     return labels
 
 
-def drop_local_maps(stack, dropped):
-    """Zero the local maps of the classes where `dropped` is true (drop_image_prob dropout).
+def drop_maps(stack, dropped):
+    """Zero the maps where `dropped` is true (the training dropouts; 0 = the global map).
 
-    stack: [20, 3, H, W] or [B, 20, 3, H, W] (numpy or torch); dropped: bool [19] or [B, 19].
-    The global map (index 0) is never dropped. Returns a new array/tensor.
+    stack: [20, 3, H, W] or [B, 20, 3, H, W] (numpy or torch); dropped: bool [20] or [B, 20].
+    Returns a new array/tensor.
     """
     if _is_torch(stack):
         keep = ~torch.as_tensor(dropped, dtype=torch.bool, device=stack.device)
-        keep = torch.cat([torch.ones_like(keep[..., :1]), keep], dim=-1)
         return stack * keep[..., None, None, None].to(stack.dtype)
     keep = ~np.asarray(dropped, dtype=bool)
-    keep = np.concatenate([np.ones_like(keep[..., :1]), keep], axis=-1)
     return stack * keep[..., None, None, None].astype(stack.dtype)

@@ -137,6 +137,23 @@ def test_existing_run_needs_resume_and_same_config(data, tmp_path):
         Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "model.lora.r": 8}), resume="latest")
 
 
+def test_a_copied_run_folder_resumes_under_its_new_name(data, tmp_path):
+    """script/ablation_tiny.sh exports a run's earlier checkpoint from a renamed copy of its folder."""
+    import shutil
+
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 4, "train.save_interval": 2})).train()
+    copy = tmp_path / "t-at-2"
+    (copy / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "t" / "config.yaml", copy)
+    shutil.copytree(tmp_path / "t" / "checkpoints" / "step-2", copy / "checkpoints" / "step-2")
+    cut = Trainer(cfg_for(data, tmp_path, **{"name": "t-at-2", "train.max_steps": 2}), resume="latest")
+    assert cut.start_step == 2 and cut.train() == []
+    exported = load_file(str(copy / "mogle.safetensors"))
+    at_2 = weights(tmp_path / "t", 2)
+    assert exported and all(torch.equal(v, at_2["mogle." + k]) for k, v in exported.items())
+    assert not all(torch.equal(v, weights(tmp_path / "t", 4)["mogle." + k]) for k, v in exported.items())
+
+
 def test_finished_run_is_never_overwritten(data, tmp_path):
     """A run folder with exported weights but no checkpoints (cleaned up, copied) is still a run."""
     import shutil

@@ -30,9 +30,10 @@ from ..utils import DTYPES, atomic_write
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
 
-# Keys that may change between a run and its resumption (they do not change what is computed).
+# Keys that may change between a run and its resumption (they do not change what is computed;
+# `name` too, so that a copied or renamed run folder resumes, e.g. to export an earlier checkpoint).
 RESUMABLE_CHANGES = {
-    "train.max_steps", "train.save_interval", "train.sample_interval", "train.log_interval",
+    "name", "train.max_steps", "train.save_interval", "train.sample_interval", "train.log_interval",
     "train.keep_checkpoints", "train.tracker", "data.num_workers", "pretrained",
 }
 

@@ -24,7 +24,7 @@ from face_mogle.data.masks import load_label_map
 from face_mogle.labels import colorize
 Image.fromarray(colorize(load_label_map("assets/examples/mask.png")).astype(np.uint8)).save(sys.argv[1])
 PY
-draw inference.png
+draw inference.png --mask assets/examples/mask.png --prompt "$PROMPT"  # = python inference.py
 swap() { sed -e "s/black long/$1 long/; s/black shirt/$2 shirt/; s/purple background/$3 background/" <<<"$PROMPT"; }
 draw prompt-1.png --mask assets/examples/mask.png --prompt "$(swap red green orange)"
 draw prompt-2.png --mask assets/examples/mask.png --prompt "$(swap blond navy blue)"

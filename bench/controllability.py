@@ -98,7 +98,7 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     from face_mogle.data.batch import encode_batch
     from face_mogle.data.dataset import load_face
     from face_mogle.encoding import image_ids, text_ids
-    from face_mogle.labels import NUM_CLASSES, NUM_MAPS
+    from face_mogle.labels import NUM_MAPS
     from face_mogle.training.objective import flow_matching_loss, noisy_and_target
 
     size, model, device, dtype = pipe.cfg.sample.size, pipe.model, pipe.device, pipe.dtype

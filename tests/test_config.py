@@ -12,6 +12,7 @@ def test_official_config_values():
     assert cfg.train.optimizer.weight_decay == 0.01 and cfg.train.optimizer.safeguard_warmup
     assert cfg.train.gradient_checkpointing and cfg.train.mixed_precision == "bf16"
     assert cfg.data.drop_text_prob == 0.1 and cfg.data.drop_image_prob == 0.1
+    assert cfg.data.drop_mask_prob == 0.0  # the official dropout never drops the global map
     assert len(cfg.model.lora.target_modules) == 13
     assert (cfg.sample.steps, cfg.sample.guidance) == (28, 3.5)
 
@@ -49,6 +50,7 @@ def test_typo_in_yaml_file_is_named(tmp_path):
         ("train.batch_size=four", "'train.batch_size' must be int"),
         ("train.mode=full", "'train.mode' must be one of"),
         ("data.drop_text_prob=1.5", "'data.drop_text_prob' must be in [0, 1]"),
+        ("data.drop_mask_prob=-0.1", "'data.drop_mask_prob' must be in [0, 1]"),
         ("data.size=100", "multiple of 16"),
         ("train.gradient_checkpointing=3", "must be bool"),
         ("model.gate_global_prior=1.0", "'model.gate_global_prior' must be in [0, 1)"),

@@ -11,6 +11,7 @@
 # multiple of train.save_interval among the kept checkpoints). NUM held-out faces are scored
 # (default 300). Each run resumes where it stopped; the figures go to logs/ablation-STEPS.json.
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,/^set /p' "$0" | grep "^#" | cut -c3-; exit 0; fi
 cd "$(dirname "$0")/.."
 CONFIG=configs/tiny-demo.yaml
 RUNS=checkpoints/tiny-stages/runs

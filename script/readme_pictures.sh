@@ -2,6 +2,7 @@
 # Redraw the README's pictures (assets/readme/) with the shipped tiny model, exactly as the README's
 # commands make them: run it after the model is retrained. About a minute on 2 CPU cores.
 set -euo pipefail
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,/^set /p' "$0" | grep "^#" | cut -c3-; exit 0; fi
 cd "$(dirname "$0")/.."
 OUT=assets/readme
 TMP=$(mktemp -d)

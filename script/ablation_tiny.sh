@@ -51,7 +51,9 @@ import json, sys
 sys.exit(0 if json.load(open(sys.argv[1]))["step"] == int(sys.argv[2]) else 1)
 PY
     then
-        if [[ -d "$RUNS/$name/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
+        # resume from the newest checkpoint; a run stopped before its first one starts again
+        if compgen -G "$RUNS/$name/checkpoints/step-*" >/dev/null; then RESUME=(--resume latest)
+        elif [[ -e "$RUNS/$name" ]]; then RESUME=(--overwrite); else RESUME=(); fi
         python train.py --config "$CONFIG" --set "name=$name" --set "$key" --set "train.max_steps=$STEPS" "${RESUME[@]}"
     fi
     ROWS+=("$RUNS/$name")

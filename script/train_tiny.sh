@@ -26,9 +26,16 @@ if [[ ! -f "$STAGES/backbone-text/model_index.json" ]]; then
         --out "$STAGES/backbone-text" --steps 1500
 fi
 
+# how train.py continues RUN: from its newest checkpoint, afresh if it stopped before the first
+# one (a finished run without checkpoints is left for train.py to refuse)
+resume_args() {
+    if compgen -G "$1/checkpoints/step-*" >/dev/null; then RESUME=(--resume latest)
+    elif [[ -e "$1" && ! -e "$1/export.json" ]]; then RESUME=(--overwrite); else RESUME=(); fi
+}
+
 # (2) base DiT: full training of the transformer as plain text-to-image
 BASE_RUN="$STAGES/runs/tiny-demo-base"
-if [[ -d "$BASE_RUN/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
+resume_args "$BASE_RUN"
 python train.py --config configs/tiny-demo-base.yaml "${RESUME[@]}" "$@"
 rm -rf "$STAGES/backbone-base.tmp"
 cp -r "$STAGES/backbone-text" "$STAGES/backbone-base.tmp"
@@ -39,7 +46,7 @@ rm -rf "$STAGES/backbone-base" && mv "$STAGES/backbone-base.tmp" "$STAGES/backbo
 # (3) Face-MoGLE on the frozen base, from the latent cache
 python -m face_mogle.data.cache --config configs/tiny-demo.yaml --split train
 MOGLE_RUN="$STAGES/runs/face-mogle-tiny"
-if [[ -d "$MOGLE_RUN/checkpoints" ]]; then RESUME=(--resume latest); else RESUME=(); fi
+resume_args "$MOGLE_RUN"
 python train.py --config configs/tiny-demo.yaml "${RESUME[@]}" "$@"
 
 # ship: run folder + its backbone, with the config pointing at the shipped backbone

@@ -135,13 +135,13 @@ def test_reliance_swaps_conditions_between_faces(faces, tiny_run, tmp_path):
 def test_vae_pixel_weights_favour_rare_classes_and_edges():
     import torch
 
-    from face_mogle.training.vae import pixel_weights
+    from face_mogle.training.region_weights import pixel_weights
 
     masks = torch.zeros(2, 16, 16, dtype=torch.uint8)
     masks[:, 4:12, 4:12] = 1  # skin: 64 pixels each
     masks[:, 7, 7] = 4  # one eye pixel each
     w = pixel_weights(masks)
-    assert w.shape == masks.shape and w.mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert w.shape == masks.shape
     # interior pixels: rarer class → higher weight, as (freq_max / freq)^½
     assert w[0, 0, 0] < w[0, 5, 10] and w[0, 5, 10] < w[0, 7, 7]
     assert (w[0, 5, 10] / w[0, 0, 0]).item() == pytest.approx((192 / 63) ** 0.5, rel=1e-5)

@@ -119,6 +119,7 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     mixed_precision: str = "bf16"  # "no", "fp16" or "bf16"
     timestep_sampling: TimestepSampling = field(default_factory=TimestepSampling)
+    loss_weighting: str = "none"  # "none" (the paper's) or "regions": rare classes and class edges count more
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     save_interval: int = 1000
     sample_interval: int = 100
@@ -305,6 +306,7 @@ def validate(cfg: Config) -> None:
     _choice("model.global_map", cfg.model.global_map, ("palette", "gray"))
     _choice("model.experts", cfg.model.experts, ("all", "global", "local"))
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
+    _choice("train.loss_weighting", cfg.train.loss_weighting, ("none", "regions"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))

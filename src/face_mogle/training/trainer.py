@@ -29,6 +29,7 @@ from ..models.transformer import three_stream_forward
 from ..utils import DTYPES, atomic_write
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
+from .region_weights import weighted_flow_matching_loss
 
 # Keys that may change between a run and its resumption (they do not change what is computed;
 # `name` too, so that a copied or renamed run folder resumes, e.g. to export an earlier checkpoint).
@@ -236,6 +237,12 @@ class Trainer:
         if cfg.data.size % tb:
             raise TrainingError(f"data.size {cfg.data.size} must be a multiple of {tb} (one token) for this backbone")
         self.img_ids = image_ids(cfg.data.size, tb, device=acc.device)
+        self.token_weights = None
+        if cfg.train.loss_weighting == "regions":
+            from .region_weights import token_weights
+
+            self.token_weights = token_weights(cfg.data.root, self.dataset.ids, cfg.data.size, tb,
+                                               progress=acc.is_main_process)
         self.txt_ids = text_ids(cfg.max_sequence_length, device=acc.device)
 
     def _load_newest_intact(self, optimizer, scheduler) -> dict:
@@ -302,6 +309,9 @@ class Trainer:
                 x_t.to(dtype), t, inp.get("mask_latents"), inp["prompt_embeds"], inp["pooled_embeds"],
                 self.txt_ids, self.img_ids, guidance,
             )
+        if self.token_weights is not None:
+            weights = torch.stack([self.token_weights[int(i)] for i in batch["id"]])
+            return weighted_flow_matching_loss(pred, target, weights)
         return flow_matching_loss(pred, target)
 
     def _save(self, step: int) -> None:

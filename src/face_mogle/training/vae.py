@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from ..data.dataset import DataError, read_split
-from ..labels import NUM_CLASSES
 from ..models.builder import TINY_DEMO_SPEC, TinySpec, build_tiny_backbone
+from .region_weights import pixel_weights
 
 
 def load_masks(root: Path, ids: list[int], size: int) -> torch.Tensor:
@@ -37,22 +37,6 @@ def load_masks(root: Path, ids: list[int], size: int) -> torch.Tensor:
         return torch.from_numpy(np.stack([load_label_map(root / "mask" / f"{i}.png", size) for i in ids]))
     except MaskError as err:
         raise DataError(str(err)) from None
-
-
-def pixel_weights(masks: torch.Tensor, cap: float = 10.0) -> torch.Tensor:
-    """Per-pixel loss weights [N, S, S]: (1 / class frequency)^½, capped, ×2 on class edges, mean 1."""
-    counts = torch.bincount(masks.flatten().long(), minlength=NUM_CLASSES).float()
-    freq = counts / counts.sum()
-    per_class = (freq.max() / freq.clamp_min(1e-8)).sqrt().clamp(max=cap)
-    w = per_class[masks.long()]
-    m = masks.long()
-    edge = torch.zeros_like(m, dtype=torch.bool)
-    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
-    edge[:, :, 1:] |= m[:, :, 1:] != m[:, :, :-1]
-    edge[:, :, :-1] |= m[:, :, 1:] != m[:, :, :-1]
-    w = w * (1 + edge.float())
-    return w / w.mean()
 
 
 def load_faces(root: Path, ids: list[int], size: int) -> torch.Tensor:
@@ -106,6 +90,7 @@ def train_vae(data: Path, out: Path, split: str, size: int, crop: int, steps: in
     ids = read_split(data, split)
     faces = load_faces(data, ids, size)
     weights = pixel_weights(load_masks(data, ids, size))
+    weights = weights / weights.mean()
     torch.manual_seed(seed)
     backbone = build_tiny_backbone(spec)
     vae = backbone.vae.train().requires_grad_(True)

@@ -66,6 +66,23 @@ def score(truth: dict, images: list[np.ndarray], start: float) -> dict:
     }
 
 
+def step_bar(desc: str):
+    """An `on_step(done, total)` callback that shows the sampling steps of one pipeline call as a bar."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def on_step(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return on_step
+
+
 def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, batch_size: int, seed: int) -> dict:
     truth = load_truth(root, ids, pipe.cfg.sample.size)
     prompts, masks = truth["prompts"], truth["masks"]
@@ -76,7 +93,7 @@ def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, bat
         images = pipe(
             prompts if mode != "mask" else [""] * len(ids),
             masks if mode != "text" else [None] * len(ids),
-            seeds=seeds, steps=steps, batch_size=batch_size,
+            seeds=seeds, steps=steps, batch_size=batch_size, on_step=step_bar(f"{Path(str(pipe.run_dir)).name} {mode}"),
         ).images
         results[mode] = score(truth, [np.asarray(im.convert("RGB")) for im in images], start)
     return results
@@ -108,7 +125,9 @@ def reliance(pipe, root: Path, ids: list[int], batch_size: int, seed: int, t_gri
     by_t = {t: dict.fromkeys(names, 0.0) for t in t_grid}
     start = time.perf_counter()
     n_chunks = max(1, min(-(-len(ids) // batch_size), len(ids) // 2))  # every chunk holds >= 2 faces
-    for chunk in np.array_split(np.arange(len(ids)), n_chunks):
+    from tqdm.auto import tqdm
+
+    for chunk in tqdm(np.array_split(np.arange(len(ids)), n_chunks), desc=f"{Path(str(pipe.run_dir)).name} reliance", leave=False):
         batch = {"image": torch.stack([load_face(root / "face" / f"{ids[j]}.jpg", size) for j in chunk]),
                  "labels": torch.from_numpy(np.stack([truth["masks"][j] for j in chunk])).long(),
                  "drop_maps": torch.zeros(len(chunk), NUM_MAPS, dtype=torch.bool),
@@ -175,7 +194,7 @@ def prompt_swap(pipe, root: Path, ids: list[int], steps: int, batch_size: int, s
             continue
         start = time.perf_counter()
         images = pipe([j[2] for j in jobs], [None] * len(jobs), seeds=[seed * 1_000_003 + j[0] for j in jobs],
-                      steps=steps, batch_size=batch_size).images
+                      steps=steps, batch_size=batch_size, on_step=step_bar(f"{Path(str(pipe.run_dir)).name} swap {key}")).images
         seen: dict[int, set] = {}
         right = 0
         for (i, c, _), im in zip(jobs, images):

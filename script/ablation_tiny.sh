@@ -53,7 +53,7 @@ PY
     then
         # resume from the newest checkpoint; a run stopped before its first one starts again
         if compgen -G "$RUNS/$name/checkpoints/step-*" >/dev/null; then RESUME=(--resume latest)
-        elif [[ -e "$RUNS/$name" ]]; then RESUME=(--overwrite); else RESUME=(); fi
+        elif [[ -e "$RUNS/$name" && ! -e "$RUNS/$name/export.json" ]]; then RESUME=(--overwrite); else RESUME=(); fi
         python train.py --config "$CONFIG" --set "name=$name" --set "$key" --set "train.max_steps=$STEPS" "${RESUME[@]}"
     fi
     ROWS+=("$RUNS/$name")

@@ -242,11 +242,12 @@ def test_prompt_swap_counts_obeyed_colours(faces):
         painted on (obeys) or left as they are (ignores the prompt)."""
 
         cfg = SimpleNamespace(sample=SimpleNamespace(size=64))
+        run_dir = "painter"
 
         def __init__(self, obey):
             self.obey = obey
 
-        def __call__(self, prompts, masks, seeds, steps, batch_size):
+        def __call__(self, prompts, masks, seeds, steps, batch_size, on_step=None):
             images = []
             for prompt, seed in zip(prompts, seeds):
                 i = seed % 1_000_003

@@ -254,6 +254,8 @@ def main() -> int:
     p.add_argument("--num", type=int, default=300, help="how many held-out ids (the first ones of the split)")
     p.add_argument("--modes", default="mask+text,mask,text", help="comma-separated: mask+text, mask, text")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.steps)")
+    p.add_argument("--cfg_scale", type=float, default=None,
+                   help="classifier-free guidance for every run (default: each run's sample.cfg_scale)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swap_num", type=int, default=40,
@@ -274,16 +276,19 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("mask+text", "mask", "text") for m in modes):
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
-    table, reliances, swaps = {}, {}, {}
+    table, reliances, swaps, cfg_scales = {}, {}, {}, {}
     for run in args.runs or [args.run]:
-        pipe = FaceMoGLEPipeline.from_run(run, device=args.device)
+        pipe = FaceMoGLEPipeline.from_run(
+            run, device=args.device, overrides=[] if args.cfg_scale is None else [f"sample.cfg_scale={args.cfg_scale}"])
+        cfg_scales[run] = pipe.cfg.sample.cfg_scale
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)
         table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed)
         reliances[run] = reliance(pipe, root, ids, args.batch_size, args.seed)
         if args.swap_num > 0:
             swaps[run] = prompt_swap(pipe, root, ids[: args.swap_num], args.steps, args.batch_size, args.seed)
-    print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser\n")
+    print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser; "
+          f"cfg scale {', '.join(f'{Path(r).name} {w:g}' for r, w in cfg_scales.items())}\n")
     print("| run | mode | mask mIoU | pixel acc. | attribute acc. | " + " | ".join(a.replace("_color", "").replace("_tone", "")
                                                                       for a in ATTRIBUTES) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(ATTRIBUTES))
@@ -312,7 +317,7 @@ def main() -> int:
                 print(f"| {Path(run).name} | {key.replace('_color', '')} | {r['faces']} | {r['accuracy']:.3f} | "
                       f"{r['distinct']:.2f} / {r['colors']} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"ids": len(ids), "root": str(root), "results": table,
+        Path(args.out).write_text(json.dumps({"ids": len(ids), "root": str(root), "cfg_scale": cfg_scales, "results": table,
                                               "reliance": reliances, "prompt_swap": swaps}, indent=1))
     return 0
 

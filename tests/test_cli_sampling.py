@@ -141,6 +141,16 @@ def test_generate_split_resume_and_shards(tiny_run, data_root, tmp_path, monkeyp
     capsys.readouterr()
     assert script.main([*map(str, base), "--output_dir", str(full), "--steps", "3"]) == 2
     assert_one_line_error(capsys.readouterr().err, "other settings", "steps 2 != 3")
+    assert script.main([*map(str, base), "--output_dir", str(full), "--cfg_scale", "2"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "cfg_scale 1.0 != 2.0")
+    # a folder written before guidance existed (no cfg_scale in its manifest) was made without it
+    manifest_path = full / "manifest.json"
+    old = json.loads(manifest_path.read_text())
+    assert old.pop("cfg_scale") == 1.0
+    manifest_path.write_text(json.dumps(old))
+    assert script.main([*map(str, base), "--output_dir", str(full)]) == 0
+    assert script.main([*map(str, base), "--output_dir", str(full), "--cfg_scale", "2"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "cfg_scale 1.0 != 2.0")
 
     # --limit keeps the first ids of the split.
     limited = tmp_path / "limited"
@@ -243,6 +253,7 @@ def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
     # the preset's keys, with the command line's --set applied after it
     assert (meta["local_maps"], meta["global_map"], meta["mask_latent"]) == ("blank", "palette", "mode")
     assert meta["condition_scale"] == 1.0 and meta["seconds"] > 0 and len(meta["gate_mean"]) == 20
+    assert meta["cfg_scale"] == 1.0
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -303,6 +314,7 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         (["--run", run, "--output", out], "give --prompt, --mask or both"),
         (["--run", run, "--prompt", "x", "--guidance", "nan"], "--guidance must be a finite number"),
         (["--run", run, "--prompt", "x", "--condition_scale", "inf"], "--condition_scale must be a finite number"),
+        (["--run", run, "--prompt", "x", "--cfg_scale", "0.5"], "--cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--seed", str(2**70)], "--seed must be in"),
         (["--run", run, "--mask", str(good), "--output", str(good)], "is the input mask"),
         (["--run", run, "--prompt", "x", "--size", "4096"], "above sample.max_size 2048"),

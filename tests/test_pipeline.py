@@ -158,6 +158,42 @@ def test_sampled_mask_latents_are_per_image(tiny_run):
     assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
 
 
+def test_cfg_scale_guides_each_step_away_from_no_prompt_and_no_mask(pipe, monkeypatch):
+    import face_mogle.models.face_mogle as FM
+    from face_mogle.encoding import encode_prompts
+
+    calls = []
+    real = FM.three_stream_forward
+    monkeypatch.setattr(FM, "three_stream_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plain = pipe("She has blond hair.", draw_mask(0), [5])
+    assert len(calls) == STEPS and plain.settings["cfg_scale"] == 1.0  # off: one pass per step
+    calls.clear()
+    guided = pipe("She has blond hair.", draw_mask(0), [5], cfg_scale=3.0)
+    assert len(calls) == 2 * STEPS and guided.settings["cfg_scale"] == 3.0
+    assert np.abs(pixels(plain.images) - pixels(guided.images)).max() > 1
+    # a batch equals single calls under guidance too
+    masks, seeds = [draw_mask(1), None], [6, 7]
+    batch = pipe(["a face", "He wears a hat."], masks, seeds=seeds, batch_size=2, cfg_scale=2.0).images
+    singles = [pipe(p, m, [s], cfg_scale=2.0).images[0] for p, m, s in zip(["a face", "He wears a hat."], masks, seeds)]
+    assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
+
+    # One step against a reference: the conditional velocity and the velocity of text-free,
+    # mask-free sampling ("" and no mask), computed apart and mixed by hand.
+    mlen = pipe.cfg.sample.max_sequence_length
+    noise, gen = pipe.initial_noise(3, SIZE)
+    t = torch.tensor([0.7])
+    args = (SIZE, pipe.cfg.sample.guidance, 1.0)
+    mask = pipe.load_mask(draw_mask(0), SIZE)
+    with torch.inference_mode():
+        t5, pooled = encode_prompts(pipe.backbone, ["She has blond hair."], mlen)
+        e5, ep = encode_prompts(pipe.backbone, [""], mlen)
+        v_c = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args))
+        v_u = pipe.velocity(noise, t, pipe.conditions(e5, ep, [None], [gen], *args))
+        v = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=2.5))
+    assert (v_c - v_u).abs().max() > 1e-3
+    assert torch.allclose(v, v_u + 2.5 * (v_c - v_u), atol=1e-5)
+
+
 def test_bad_inputs(pipe, tmp_path):
     with pytest.raises(SamplingError, match="multiple of 8"):
         pipe("a", None, [0], size=36)
@@ -165,6 +201,9 @@ def test_bad_inputs(pipe, tmp_path):
         pipe("a", None, [0], steps=0)
     with pytest.raises(SamplingError, match="condition scale"):
         pipe("a", None, [0], condition_scale=0)
+    for bad in (0.5, float("inf")):
+        with pytest.raises(SamplingError, match="cfg scale must be a finite number >= 1"):
+            pipe("a", None, [0], cfg_scale=bad)
     with pytest.raises(SamplingError, match="2 prompts and 3 masks"):
         pipe(["a", "b"], [None, None, None], [0, 1, 2])
     bad = tmp_path / "bad.png"

@@ -136,6 +136,10 @@ class SampleConfig:
     size: int = 512
     max_sequence_length: int = 512  # T5 tokens
     condition_scale: float = 1.0
+    # True classifier-free guidance: v = v_u + cfg_scale * (v_c - v_u), v_u predicted without the
+    # prompt and without the mask (what the training dropouts teach). 1 = off, one pass per step;
+    # FLUX.1-dev is guidance-distilled and keeps 1 (its knob is `guidance`).
+    cfg_scale: float = 1.0
     mask_latent: str = "mode"  # "mode" or "sample" of the VAE posterior for mask maps
     # "real": one binary map per class (as training builds them); "blank": all 19 local maps empty,
     # as the official inference.py/test.py build them (a PIL-vs-int comparison bug, DESIGN §3) —
@@ -356,6 +360,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
     if not cfg.sample.condition_scale > 0:
         raise ConfigError(f"config key 'sample.condition_scale' must be > 0, got {cfg.sample.condition_scale}")
+    if not (math.isfinite(cfg.sample.cfg_scale) and cfg.sample.cfg_scale >= 1):
+        raise ConfigError(f"config key 'sample.cfg_scale' must be a finite number >= 1 (1 = off), got {cfg.sample.cfg_scale}")
 
 
 def to_dict(cfg: Config) -> dict:

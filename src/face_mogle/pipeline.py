@@ -12,7 +12,8 @@ What happens, per batch of images (DESIGN §2 "Sampling"):
      an image depends on its seed only, never on its batch or position;
   4. FLUX Euler flow matching: sigmas linspace(1, 1/steps) shifted by mu (from the image token count,
      the scheduler's config), embedded guidance, MoGLE re-mixing the condition tokens every step with
-     its gate fed t · model.gate_timestep_scale;
+     its gate fed t · model.gate_timestep_scale; with `cfg_scale` w > 1, true classifier-free
+     guidance v_u + w·(v_c − v_u), v_u predicted without the prompt and without the mask;
   5. VAE decode → PIL images, and on request the gate weights as an "expert map" per image.
 """
 
@@ -23,7 +24,7 @@ import copy
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -250,10 +251,14 @@ class FaceMoGLEPipeline:
                                 f"(raise it with --set sample.max_size=N if you have the memory)")
         return int(size)
 
-    def settings(self, steps, guidance, condition_scale, size, batch_size) -> tuple[int, float, float, int]:
+    def settings(self, steps, guidance, condition_scale, size, batch_size, cfg_scale=None
+                 ) -> tuple[int, float, float, int, float]:
         """Sampling settings, None = the run config's `sample.*`, checked: (steps, guidance,
-        condition scale, size)."""
+        condition scale, size, cfg scale)."""
         cfg = self.cfg.sample
+        cfg_scale = cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
+        if not (math.isfinite(cfg_scale) and cfg_scale >= 1):
+            raise SamplingError(f"cfg scale must be a finite number >= 1 (1 = off), got {cfg_scale}")
         steps = cfg.steps if steps is None else steps
         guidance = cfg.guidance if guidance is None else float(guidance)
         condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
@@ -266,7 +271,7 @@ class FaceMoGLEPipeline:
             raise SamplingError(f"guidance must be a finite number, got {guidance}")
         if batch_size < 1:
             raise SamplingError(f"batch size must be >= 1, got {batch_size}")
-        return steps, guidance, condition_scale, size
+        return steps, guidance, condition_scale, size, cfg_scale
 
     def load_mask(self, mask: Any, size: int) -> Optional[np.ndarray]:
         """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
@@ -339,6 +344,7 @@ class FaceMoGLEPipeline:
         condition_scale: Optional[float] = None,
         size: Optional[int] = None,
         batch_size: int = 4,
+        cfg_scale: Optional[float] = None,
         return_gates: bool = False,
         gate_step: Optional[int] = None,
         on_step: Optional[Callable[[int, int], None]] = None,
@@ -354,7 +360,8 @@ class FaceMoGLEPipeline:
         `on_step(done, total)` is called after every denoising step (done counts over all batches).
         """
         cfg = self.cfg.sample
-        steps, guidance, condition_scale, size = self.settings(steps, guidance, condition_scale, size, batch_size)
+        steps, guidance, condition_scale, size, cfg_scale = self.settings(
+            steps, guidance, condition_scale, size, batch_size, cfg_scale)
         if gate_step is not None and not 0 <= gate_step < steps:
             raise SamplingError(f"gate step must be in 0..{steps - 1}, got {gate_step}")
 
@@ -416,7 +423,7 @@ class FaceMoGLEPipeline:
                     on_step(done, total)
 
             batch_images, batch_gates = self._generate_batch(
-                t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size,
+                t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, cfg_scale,
                 return_gates, gate_step, step_done,
             )
             images += batch_images
@@ -425,8 +432,8 @@ class FaceMoGLEPipeline:
                 maps += [expert_map(w, size) for w in batch_gates]
 
         settings = dict(
-            steps=steps, guidance=guidance, condition_scale=condition_scale, size=size, seeds=seeds,
-            gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
+            steps=steps, guidance=guidance, condition_scale=condition_scale, cfg_scale=cfg_scale, size=size,
+            seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
             max_sequence_length=cfg.max_sequence_length,
             modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
         )
@@ -440,26 +447,45 @@ class FaceMoGLEPipeline:
 
         return edit(self, images, masks, prompts, source_masks, **kwargs)
 
-    def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale) -> "Conditions":
-        """Everything the transformer reads besides the latents and t, for a batch (on the device)."""
+    def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
+                   cfg_scale: float = 1.0) -> "Conditions":
+        """Everything the transformer reads besides the latents and t, for a batch (on the device);
+        with cfg_scale > 1 also the unconditional batch (empty prompt, no mask) it is guided away from."""
         device, dtype = self.device, self.dtype
         mask_latents = self.encode_masks(labels, size, list(generators))
         mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
         b = len(labels)
         guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
             if self.backbone.transformer.config.guidance_embeds else None
-        return Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
+        cond = Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
                           text_ids(t5.shape[1], device=device, dtype=dtype),
                           image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale)
+        if cfg_scale != 1:
+            # "" and all-zero maps: exactly what the caption and whole-mask dropouts feed in training
+            e5, ep = encode_prompts(self.backbone, [""], self.cfg.sample.max_sequence_length, device=device)
+            empty = self.encode_masks([None] * b, size, list(generators)).to(mask_latents.dtype)
+            uncond = Conditions(empty, e5.expand(b, -1, -1).to(dtype), ep.expand(b, -1).to(dtype),
+                                text_ids(e5.shape[1], device=device, dtype=dtype), cond.img_ids, guidance_t,
+                                condition_scale)
+            cond = replace(cond, cfg_scale=cfg_scale, uncond=uncond)
+        return cond
 
     def velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: "Conditions") -> torch.Tensor:
-        """The flow model's velocity at latents (float32 [B, N, C]) and model time t in [0, 1]."""
+        """The flow model's velocity at latents (float32 [B, N, C]) and model time t in [0, 1];
+        guided (v_u + w·(v_c − v_u)) when `cond` carries an unconditional batch."""
         t = t.expand(latents.shape[0]).to(self.device)
-        return self.model(
-            latents.to(self.dtype), t, cond.mask_latents, cond.t5, cond.pooled, cond.txt_ids, cond.img_ids,
-            guidance=cond.guidance, condition_scale=cond.condition_scale,
-            gate_timestep=t * self.cfg.model.gate_timestep_scale,
-        )
+
+        def predict(c: "Conditions") -> torch.Tensor:
+            return self.model(
+                latents.to(self.dtype), t, c.mask_latents, c.t5, c.pooled, c.txt_ids, c.img_ids,
+                guidance=c.guidance, condition_scale=c.condition_scale,
+                gate_timestep=t * self.cfg.model.gate_timestep_scale,
+            )
+
+        if cond.uncond is None:
+            return predict(cond)
+        v_u = predict(cond.uncond).float()  # first, so that the gate weights kept are the conditional pass's
+        return v_u + cond.cfg_scale * (predict(cond).float() - v_u)
 
     def decode(self, latents: torch.Tensor, size: int) -> list:
         """Final latents → PIL images; non-finite latents are an error (they decode to black)."""
@@ -471,12 +497,12 @@ class FaceMoGLEPipeline:
         return [Image.fromarray(a, "RGB") for a in arrays]
 
     @torch.inference_mode()
-    def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size,
+    def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scale,
                         return_gates, gate_step, step_done):
         model, device = self.model, self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
-        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale)
+        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, cfg_scale)
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
 
         gate_sum = None
@@ -507,6 +533,8 @@ class Conditions:
     img_ids: torch.Tensor
     guidance: Optional[torch.Tensor]
     condition_scale: float
+    cfg_scale: float = 1.0
+    uncond: Optional["Conditions"] = None  # the unconditional batch of classifier-free guidance
 
 
 __all__ = [

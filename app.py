@@ -144,7 +144,7 @@ class Demo:
         mode = mode_name(prompt or "", labels is not None)
         what = f", mask {shown}" if shown else ""
         return out.images[0], gates, (f"Done: {mode}{what}, {size}x{size}, {steps} steps, guidance {s['guidance']}, "
-                                      f"condition scale {s['condition_scale']}, seed {seed}.")
+                                      f"condition scale {s['condition_scale']}, cfg scale {s['cfg_scale']}, seed {seed}.")
 
 
 # ---------------------------------------------------------------------------------------------

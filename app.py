@@ -143,8 +143,12 @@ class Demo:
         gates = out.expert_maps[0] if out.expert_maps else None
         mode = mode_name(prompt or "", labels is not None)
         what = f", mask {shown}" if shown else ""
-        return out.images[0], gates, (f"Done: {mode}{what}, {size}x{size}, {steps} steps, guidance {s['guidance']}, "
-                                      f"condition scale {s['condition_scale']}, cfg scale {s['cfg_scale']}, seed {seed}.")
+        status = (f"Done: {mode}{what}, {size}x{size}, {steps} steps, guidance {s['guidance']}, "
+                  f"condition scale {s['condition_scale']}, cfg scale {s['cfg_scale']}, seed {seed}.")
+        unread = self.pipe.unread_words(prompt or "")
+        if unread:  # the tiny demo encoder knows only SynthFaces caption words
+            status += f" Not read by the text encoder: {', '.join(unread)}."
+        return out.images[0], gates, status
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,6 +440,9 @@ class EditDemo:
         status = (f"Done: edit, {s['edited_fraction'][0]:.0%} of the image editable, {size}x{size}, "
                   f"{s['denoised_steps']} of {s['steps']} steps, strength {s['strength']}, inversion {s['inversion']}, "
                   f"seed {seed}{regions_note}; source mask: {source['name']}; {what}.")
+        unread = self.pipe.unread_words(prompt or "")
+        if unread:
+            status += f" Not read by the text encoder: {', '.join(unread)}."
         new_state, new_painting = (source, editor_value(source["labels"])) if parsed else (keep, keep)
         return Image.fromarray(original, "RGB"), out.images[0], area_view(original, reach), status, new_state, new_painting
 

@@ -235,8 +235,8 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
         return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed)
     record = dict(
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
-        prompt=args.prompt or "", mask=None if args.mask is None else str(args.mask),
-        seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
+        prompt=args.prompt or "", unread_words=pipe.unread_words(args.prompt or ""),
+        mask=None if args.mask is None else str(args.mask), seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
@@ -265,6 +265,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         mode="edit", run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         image=str(args.image), source_mask=str(args.source_mask) if args.source_mask else f"parsed by {args.parser}: {parsed_path}",
         mask=str(args.mask) if args.mask else "the source mask", prompt=args.prompt or "",
+        unread_words=pipe.unread_words(args.prompt or ""),
         source_prompt=args.prompt or "" if args.source_prompt is None else args.source_prompt,
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
@@ -303,6 +304,10 @@ def main(argv=None) -> int:
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=args.device,
                                           dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         loaded = time.perf_counter()
+        unread = pipe.unread_words(args.prompt or "")
+        if unread:  # the tiny demo encoder knows only SynthFaces caption words: say which it drops
+            print(f"inference.py: warning: the text encoder does not read {', '.join(repr(w) for w in unread)} "
+                  f"(not in its vocabulary, or past its {pipe.cfg.sample.max_sequence_length} tokens)", file=sys.stderr)
         if args.image is not None:
             result, parsed = run_edit(args, pipe)
         else:

@@ -93,6 +93,29 @@ def test_word_tokenizer_knows_every_synthfaces_caption_word():
         build_t5_tokenizer("bytes")
 
 
+def test_unread_words_names_unknown_and_cut_words():
+    from types import SimpleNamespace
+
+    from face_mogle.encoding import unread_words
+    from face_mogle.models.builder import build_t5_tokenizer
+
+    words = SimpleNamespace(tokenizer_2=build_t5_tokenizer("words"))
+    assert unread_words(words, "She has blue eyes and red lips.", 48) == []
+    assert unread_words(words, "", 48) == []
+    # the words the demo vocabulary lacks, as the user typed them, once each, in order
+    assert unread_words(words, "She has an Open mouth, and blue eyes.", 48) == ["an", "Open", "mouth"]
+    # a window of 4 keeps 3 word tokens and </s> (FLUX truncates to max_sequence_length)
+    assert unread_words(words, "she has blue eyes and red lips", 4) == ["eyes", "and", "red", "lips"]
+    assert unread_words(words, "she has blue", 4) == []
+    # a per-character vocabulary: a word made of several unknown characters is one entry
+    chars = SimpleNamespace(tokenizer_2=build_t5_tokenizer("chars"))
+    assert unread_words(chars, "blue eyes", 48) == []
+    unknown = [c for c in "\u00e9\u00f8\u4e2d\u6587" if chars.tokenizer_2(c, add_special_tokens=False).input_ids
+               == [chars.tokenizer_2.unk_token_id]]
+    assert len(unknown) == 4
+    assert unread_words(chars, "blue \u4e2d\u6587 eyes \u00e9", 48) == ["\u4e2d\u6587", "\u00e9"]
+
+
 def test_word_level_backbone_saves_and_loads(tmp_path):
     bb = build_tiny_backbone(TinySpec(t5_vocab="words"))
     bb.save(tmp_path / "tiny")

@@ -275,13 +275,18 @@ def test_inference_without_arguments_runs_the_demo(tmp_path):
     assert Image.open(tmp_path / "outputs" / "inference.png").size == (128, 128)
     record = json.loads((tmp_path / "outputs" / "inference.json").read_text())
     assert record["mode"] == "mask+text" and record["prompt"] == (ROOT / "assets/examples/prompt.txt").read_text().strip()
-    # --mask and --prompt without --run: the shipped model too
-    res = run_cli(ROOT / "inference.py", "--mask", ROOT / "assets/examples/example-2.png", "--prompt", "A man.",
+    assert record["unread_words"] == [] and "warning" not in res.stderr  # the demo prompt is read whole
+    # --mask and --prompt without --run: the shipped model too; words its encoder lacks are named
+    prompt = "A man with an open mouth."
+    res = run_cli(ROOT / "inference.py", "--mask", ROOT / "assets/examples/example-2.png", "--prompt", prompt,
                   "--output", tmp_path / "two.png", "--steps", 2, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     record = json.loads((tmp_path / "two.json").read_text())
     assert Path(record["run_resolved"]) == (ROOT / "checkpoints" / "face-mogle-tiny").resolve()
-    assert record["prompt"] == "A man." and record["steps"] == 2
+    assert record["prompt"] == prompt and record["steps"] == 2
+    assert record["unread_words"] == ["an", "open", "mouth"]
+    warnings = [line for line in res.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'an', 'open', 'mouth'" in warnings[0], res.stderr
 
 
 def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811

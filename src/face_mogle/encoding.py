@@ -110,6 +110,26 @@ def encode_prompts(
     return t5[index], pooled[index]
 
 
+def unread_words(backbone: Backbone, prompt: str, max_sequence_length: int) -> list[str]:
+    """The words of `prompt` the T5 encoder never sees: unknown to its tokenizer (read as <unk>) or past
+    its `max_sequence_length` tokens (cut, as FLUX cuts). Empty for what a full T5 reads; the tiny demo
+    encoder knows only the SynthFaces caption words, and a user should hear which words it drops."""
+    tok = backbone.tokenizer_2
+    enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    kept = max_sequence_length - 1  # FLUX truncates to the window, </s> included
+    unread: list[str] = []
+    for i, (token, (a, b)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
+        if token == tok.unk_token_id or i >= kept:
+            word = prompt[a:b]
+            # one entry per word, also for a word split into several unknown pieces
+            if unread and enc.offset_mapping[i - 1][1] == a and i > 0 and (
+                    enc.input_ids[i - 1] == tok.unk_token_id or i - 1 >= kept):
+                unread[-1] += word
+            else:
+                unread.append(word)
+    return unread
+
+
 @contextlib.contextmanager
 def _quiet_truncation():
     from diffusers.utils import logging as dlog

@@ -34,7 +34,7 @@ from PIL import Image
 
 from .config import Config, ConfigError, load_config
 from .data.masks import MaskError, condition_stack_torch, load_label_map
-from .encoding import decode_tokens, encode_distribution, encode_prompts, image_ids, latent_tokens, pack, text_ids
+from .encoding import decode_tokens, encode_distribution, encode_prompts, image_ids, latent_tokens, pack, text_ids, unread_words
 from .labels import NUM_MAPS, PALETTE
 from .models.builder import Backbone, load_backbone
 from .models.face_mogle import LORA_FILE, MOGLE_FILE, OFFICIAL_MOGLE_FILE, FaceMoGLE
@@ -440,6 +440,11 @@ class FaceMoGLEPipeline:
         has_gates = return_gates and len(gates) == n
         return SampleOutput(images, [g.numpy() for g in gates] if has_gates else None,
                             maps if has_gates else None, settings)
+
+    def unread_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` this run's T5 does not read (unknown to its tokenizer, or cut): see
+        face_mogle.encoding.unread_words."""
+        return unread_words(self.backbone, prompt, self.cfg.sample.max_sequence_length)
 
     def edit(self, images, masks, prompts, source_masks, **kwargs):
         """Edit real faces by editing their masks or descriptions: see face_mogle.editing.edit."""

@@ -48,6 +48,13 @@ TEXT_ONLY = "(none: text-only mode)"
 DEFAULT_WEIGHTS_DIR = HERE / "checkpoints" / "eval"  # the eval suite's models (the segformer face parser)
 
 
+def unread_note(pipe, prompt) -> str:
+    """A status-line sentence naming the prompt words the run's T5 does not read ("" if none): the tiny
+    demo encoder knows only SynthFaces caption words."""
+    unread = pipe.unread_words(prompt or "")
+    return f" Not read by the text encoder: {', '.join(unread)}." if unread else ""
+
+
 def find_examples(folder: Path = EXAMPLES_DIR) -> dict[str, tuple[Path, str]]:
     """name → (mask PNG, prompt): mask.png with prompt.txt, and any NAME.png with NAME.txt."""
     examples = {}
@@ -145,10 +152,7 @@ class Demo:
         what = f", mask {shown}" if shown else ""
         status = (f"Done: {mode}{what}, {size}x{size}, {steps} steps, guidance {s['guidance']}, "
                   f"condition scale {s['condition_scale']}, cfg scale {s['cfg_scale']}, seed {seed}.")
-        unread = self.pipe.unread_words(prompt or "")
-        if unread:  # the tiny demo encoder knows only SynthFaces caption words
-            status += f" Not read by the text encoder: {', '.join(unread)}."
-        return out.images[0], gates, status
+        return out.images[0], gates, status + unread_note(self.pipe, prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,9 +444,7 @@ class EditDemo:
         status = (f"Done: edit, {s['edited_fraction'][0]:.0%} of the image editable, {size}x{size}, "
                   f"{s['denoised_steps']} of {s['steps']} steps, strength {s['strength']}, inversion {s['inversion']}, "
                   f"seed {seed}{regions_note}; source mask: {source['name']}; {what}.")
-        unread = self.pipe.unread_words(prompt or "")
-        if unread:
-            status += f" Not read by the text encoder: {', '.join(unread)}."
+        status += unread_note(self.pipe, prompt)
         new_state, new_painting = (source, editor_value(source["labels"])) if parsed else (keep, keep)
         return Image.fromarray(original, "RGB"), out.images[0], area_view(original, reach), status, new_state, new_painting
 

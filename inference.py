@@ -214,7 +214,7 @@ def run_edit(args, pipe):
     return result, parsed
 
 
-def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parsed=None) -> list[Path]:
+def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parsed=None, unread=()) -> list[Path]:
     from face_mogle.utils import atomic_write
 
     out = Path(args.output)
@@ -232,10 +232,10 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
             print("inference.py: this model has no gating network (model.has_gating: false): no expert map", file=sys.stderr)
     s = result.settings
     if args.image is not None:
-        return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed)
+        return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed, unread)
     record = dict(
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
-        prompt=args.prompt or "", unread_words=pipe.unread_words(args.prompt or ""),
+        prompt=args.prompt or "", unread_words=list(unread),
         mask=None if args.mask is None else str(args.mask), seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
@@ -251,7 +251,7 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
     return written + [sidecar]
 
 
-def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed) -> list[Path]:
+def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed, unread) -> list[Path]:
     from face_mogle.data.masks import save_label_map
     from face_mogle.utils import atomic_write
 
@@ -265,7 +265,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         mode="edit", run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         image=str(args.image), source_mask=str(args.source_mask) if args.source_mask else f"parsed by {args.parser}: {parsed_path}",
         mask=str(args.mask) if args.mask else "the source mask", prompt=args.prompt or "",
-        unread_words=pipe.unread_words(args.prompt or ""),
+        unread_words=list(unread),
         source_prompt=args.prompt or "" if args.source_prompt is None else args.source_prompt,
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
                           condition_scale=args.condition_scale, cfg_scale=args.cfg_scale, size=args.size, batch_size=1,
                           return_gates=args.gates)
         seconds = time.perf_counter() - loaded
-        written = write_outputs(args, pipe, result, seconds, loaded - start, parsed)
+        written = write_outputs(args, pipe, result, seconds, loaded - start, parsed, unread)
     except user_errors() as err:
         print(f"inference.py: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -49,6 +49,12 @@ def test_handlers(demo, tmp_path):
     assert image.shape == (64, 64, 3) and "good.png" in status and "skin" in status
     face, gates, status = demo.generate(str(good), None, "a face", 3, 2, 3.5, 1.0, 24)
     assert face.size == (24, 24) and gates.size == (24, 24) and status.startswith("Done: mask+text")
+    assert "Not read" not in status
+    # a word the run's T5 tokenizer lacks is named on the status line (the face is still made)
+    unread = demo.pipe.unread_words("a face \u00e9t\u00e9")
+    assert unread, "the test tokenizer knows every character: the check tests nothing"
+    face, _, status = demo.generate(str(good), None, "a face \u00e9t\u00e9", 3, 2, 3.5, 1.0, 16)
+    assert face.size == (16, 16) and status.endswith(f" Not read by the text encoder: {', '.join(unread)}.")
     face, gates, status = demo.generate(None, "mask", "", 3, 2, 3.5, 1.0, 16)
     assert face.size == (16, 16) and "mask-only" in status and "example 'mask'" in status
     face, _, status = demo.generate(None, None, "a face", 3, 2, 3.5, 1.0, 16)

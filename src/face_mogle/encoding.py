@@ -118,15 +118,16 @@ def unread_words(backbone: Backbone, prompt: str, max_sequence_length: int) -> l
     enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
     kept = max_sequence_length - 1  # FLUX truncates to the window, </s> included
     unread: list[str] = []
+    last_end = None  # where the previous unread piece ended: a piece starting there continues its word
     for i, (token, (a, b)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
-        if token == tok.unk_token_id or i >= kept:
-            word = prompt[a:b]
-            # one entry per word, also for a word split into several unknown pieces
-            if unread and enc.offset_mapping[i - 1][1] == a and i > 0 and (
-                    enc.input_ids[i - 1] == tok.unk_token_id or i - 1 >= kept):
-                unread[-1] += word
-            else:
-                unread.append(word)
+        if token != tok.unk_token_id and i < kept:
+            last_end = None
+        elif a == last_end:
+            unread[-1] += prompt[a:b]
+            last_end = b
+        else:
+            unread.append(prompt[a:b])
+            last_end = b
     return unread
 
 

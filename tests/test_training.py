@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from face_mogle.config import load_config
+from face_mogle.config import ConfigError, load_config
 from face_mogle.data.synthetic import write_dataset
 from face_mogle.training import objective
 from face_mogle.training.checkpoint import CheckpointError, list_checkpoints
-from face_mogle.training.trainer import StepBatches, Trainer, TrainingError
+from face_mogle.training.trainer import StepBatches, Trainer, TrainingError, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,33 @@ def test_resume_is_exact(data, tmp_path):
     la = load_file(str(tmp_path / "a" / "t" / "pytorch_lora_weights.safetensors"))
     lb = load_file(str(tmp_path / "b" / "t" / "pytorch_lora_weights.safetensors"))
     assert all(k.startswith("transformer.") for k in la) and all(torch.equal(la[k], lb[k]) for k in la)
+
+
+def test_cosine_decay_lays_the_rate_out_over_max_steps(data, tmp_path):
+    cfg = cfg_for(data, tmp_path, **{"train.optimizer.type": "adamw", "train.optimizer.lr": 0.01,
+                                     "train.optimizer.warmup_steps": 2, "train.optimizer.decay": "cosine",
+                                     "train.max_steps": 6})
+    optimizer, scheduler = make_optimizer(cfg, [torch.nn.Parameter(torch.zeros(3))])
+    rates = []
+    for _ in range(7):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # warm-up 1/2, 2/2, then 0.01 * (1 + cos(pi * k / 4)) / 2 for k = 0..4: at max_steps the rate is 0
+    expected = [0.005, 0.01] + [0.005 * (1 + math.cos(math.pi * k / 4)) for k in range(5)]
+    assert rates == pytest.approx(expected, abs=1e-12) and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    flat_cfg = cfg_for(data, tmp_path, **{"train.optimizer.type": "adamw", "train.optimizer.lr": 0.01, "train.max_steps": 6})
+    flat, flat_sched = make_optimizer(flat_cfg, [torch.nn.Parameter(torch.zeros(3))])
+    for _ in range(6):
+        flat.step()
+        flat_sched.step()
+    assert flat_cfg.train.optimizer.decay == "constant" and flat.param_groups[0]["lr"] == 0.01  # the default is unchanged
+    # a cosine run is laid out over its max_steps: resuming it with another one is refused by name
+    Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 1})).train()
+    with pytest.raises(TrainingError, match=r"train\.max_steps \(the cosine decay"):
+        Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 2}), resume="latest")
+    with pytest.raises(ConfigError, match="train.optimizer.decay"):
+        cfg_for(data, tmp_path, **{"train.optimizer.decay": "linear"})
 
 
 def test_crash_during_save_keeps_previous_checkpoint(data, tmp_path):

@@ -98,6 +98,9 @@ class OptimizerConfig:
     use_bias_correction: bool = True  # Prodigy only
     safeguard_warmup: bool = True  # Prodigy only
     warmup_steps: int = 0
+    # "constant" (the official recipe's) or "cosine": after warm-up the rate falls to 0 at train.max_steps;
+    # a short run then ends on small, averaging steps instead of at full rate.
+    decay: str = "constant"
 
 
 @dataclass
@@ -313,6 +316,7 @@ def validate(cfg: Config) -> None:
     _choice("train.loss_weighting", cfg.train.loss_weighting, ("none", "regions"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))
+    _choice("train.optimizer.decay", cfg.train.optimizer.decay, ("constant", "cosine"))
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
     _choice("sample.local_maps", cfg.sample.local_maps, ("real", "blank"))

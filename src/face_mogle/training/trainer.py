@@ -97,6 +97,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_resume_config(saved: Config, current: Config) -> None:
     a, b = _flat(to_dict(saved)), _flat(to_dict(current))
     changed = sorted(k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES)
+    if a.get("train.optimizer.decay") == "cosine" and a.get("train.max_steps") != b.get("train.max_steps"):
+        changed.append("train.max_steps (the cosine decay is laid out over it)")
     if changed:
         raise TrainingError(
             f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)} "
@@ -117,9 +119,19 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
         )
     else:
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
-    warmup = max(0, opt.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    return optimizer, scheduler
+    warmup, total = max(0, opt.warmup_steps), cfg.train.max_steps
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, opt.decay, total))
+
+
+def lr_factor(step: int, warmup: int, decay: str, total: int) -> float:
+    """The learning-rate multiplier for optimizer step `step` (0-based): linear warm-up, then
+    constant or a cosine down to 0 at step `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if decay == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
 
 
 EXPORT_RECORD = "export.json"

@@ -549,7 +549,7 @@ def edit_tab(pipe, example, weights_dir):
         with gr.Column():
             caption = example[2] if example else ""
             prompt = gr.Textbox(label="Description (edit it for a text edit)", value=caption, lines=3, elem_id="edit_prompt")
-            source_prompt = gr.Textbox(label="The face's own description (source prompt; empty = the description above)",
+            source_prompt = gr.Textbox(label="The face's own description (source prompt, read by the ode inversion only; empty = the description above)",
                                        value=caption, lines=2, elem_id="edit_source_prompt")
             regions = gr.Dropdown(choices=list(CLASSES), value=[], multiselect=True,
                                   label="Regions the text edit may change (besides relabelled pixels)",

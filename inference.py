@@ -70,7 +70,7 @@ def parse_args(argv):
     e.add_argument("--image", default=None, metavar="FACE", help="edit this face (square image) instead of generating from noise: "
                    "--mask is the edited mask, --prompt the new description")
     e.add_argument("--source_mask", default=None, metavar="PNG", help="FACE's own mask; default: parsed from FACE by --parser")
-    e.add_argument("--source_prompt", default=None, metavar="TEXT", help="FACE's own description (used by --inversion ode; default: --prompt)")
+    e.add_argument("--source_prompt", default=None, metavar="TEXT", help="FACE's own description, read only by --inversion ode (default: --prompt)")
     e.add_argument("--regions", default=None, metavar="CLASSES", help="comma-separated classes the edit may change besides the "
                    "relabelled pixels, e.g. hair for a text edit 'red hair' with the same mask; none changed = the whole image")
     e.add_argument("--strength", type=float, default=None, help="how much of the schedule is re-run, in (0, 1]; 1 = from pure noise inside the edit area (default: 1.0)")
@@ -183,6 +183,10 @@ def check_edit_inputs(args) -> None:
         raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
     if args.margin is not None and args.margin < 0:
         raise UsageError(f"--margin must be >= 0 pixels, got {args.margin}")
+    if args.source_prompt is not None and (args.inversion or "noise") != "ode":
+        # the noise inversion re-noises the face itself: a source prompt would be silently unused
+        raise UsageError("--source_prompt is read only by --inversion ode (the noise inversion never reads it): "
+                         "add --inversion ode, or leave --source_prompt out")
     for r in (args.regions or "").split(","):
         if r.strip() and r.strip() not in CLASSES:
             raise UsageError(f"--regions: unknown class {r.strip()!r}; classes: {', '.join(CLASSES)}")
@@ -191,6 +195,16 @@ def check_edit_inputs(args) -> None:
         value = getattr(args, name)
         if value is not None and out == Path(value).resolve():
             raise UsageError(f"--output {args.output} is the input --{name}: it would be overwritten; write elsewhere")
+
+
+def warn_unread(pipe, prompt: str, option: str) -> list[str]:
+    """The words of `prompt` the text encoder drops, named in a warning (the tiny demo encoder knows
+    only SynthFaces caption words)."""
+    unread = pipe.unread_words(prompt)
+    if unread:
+        print(f"inference.py: warning: the text encoder does not read {', '.join(repr(w) for w in unread)} of {option} "
+              f"(not in its vocabulary, or past its {pipe.cfg.sample.max_sequence_length} tokens)", file=sys.stderr)
+    return unread
 
 
 def run_edit(args, pipe):
@@ -214,7 +228,8 @@ def run_edit(args, pipe):
     return result, parsed
 
 
-def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parsed=None, unread=()) -> list[Path]:
+def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parsed=None, unread=(),
+                  source_unread=()) -> list[Path]:
     from face_mogle.utils import atomic_write
 
     out = Path(args.output)
@@ -232,7 +247,7 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
             print("inference.py: this model has no gating network (model.has_gating: false): no expert map", file=sys.stderr)
     s = result.settings
     if args.image is not None:
-        return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed, unread)
+        return write_edit_outputs(args, pipe, result, seconds, load_seconds, out, written, parsed, unread, source_unread)
     record = dict(
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         prompt=args.prompt or "", unread_words=list(unread),
@@ -251,7 +266,8 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
     return written + [sidecar]
 
 
-def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed, unread) -> list[Path]:
+def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed, unread,
+                       source_unread=()) -> list[Path]:
     from face_mogle.data.masks import save_label_map
     from face_mogle.utils import atomic_write
 
@@ -266,7 +282,9 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         image=str(args.image), source_mask=str(args.source_mask) if args.source_mask else f"parsed by {args.parser}: {parsed_path}",
         mask=str(args.mask) if args.mask else "the source mask", prompt=args.prompt or "",
         unread_words=list(unread),
-        source_prompt=args.prompt or "" if args.source_prompt is None else args.source_prompt,
+        # the description the inversion reads (ode only: the noise inversion reads none)
+        source_prompt=None if s["inversion"] != "ode" else args.prompt or "" if args.source_prompt is None else args.source_prompt,
+        source_unread_words=list(source_unread) if args.source_prompt is not None else list(unread) if s["inversion"] == "ode" else [],
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
         paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
@@ -304,10 +322,8 @@ def main(argv=None) -> int:
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=args.device,
                                           dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         loaded = time.perf_counter()
-        unread = pipe.unread_words(args.prompt or "")
-        if unread:  # the tiny demo encoder knows only SynthFaces caption words: say which it drops
-            print(f"inference.py: warning: the text encoder does not read {', '.join(repr(w) for w in unread)} "
-                  f"(not in its vocabulary, or past its {pipe.cfg.sample.max_sequence_length} tokens)", file=sys.stderr)
+        unread = warn_unread(pipe, args.prompt or "", "--prompt")
+        source_unread = warn_unread(pipe, args.source_prompt, "--source_prompt") if args.source_prompt else []
         if args.image is not None:
             result, parsed = run_edit(args, pipe)
         else:
@@ -316,7 +332,7 @@ def main(argv=None) -> int:
                           condition_scale=args.condition_scale, cfg_scale=args.cfg_scale, size=args.size, batch_size=1,
                           return_gates=args.gates)
         seconds = time.perf_counter() - loaded
-        written = write_outputs(args, pipe, result, seconds, loaded - start, parsed, unread)
+        written = write_outputs(args, pipe, result, seconds, loaded - start, parsed, unread, source_unread)
     except user_errors() as err:
         print(f"inference.py: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -42,6 +42,6 @@ EDIT_PROMPT=$(cat $E/prompt.txt)
 draw edit-bob.png --image $E/face.png --source_mask $E/mask.png --mask $E/mask-bob.png \
     --prompt "${EDIT_PROMPT/blond long hair/blond bob-cut hair}"
 draw edit-smiling.png --image $E/face.png --source_mask $E/mask.png --mask $E/mask-smiling.png --prompt "$EDIT_PROMPT"
-draw edit-red.png --image $E/face.png --source_mask $E/mask.png --regions hair --source_prompt "$EDIT_PROMPT" \
+draw edit-red.png --image $E/face.png --source_mask $E/mask.png --regions hair \
     --prompt "${EDIT_PROMPT/blond long hair/red long hair}"
 ls "$OUT"

@@ -195,6 +195,9 @@ def test_cli_edit_errors_are_one_line(tiny_run, tmp_path):
         (["--source_mask", tmp_path / "mask.png", "--mask", tmp_path / "mask.png"], "--source_mask is an editing option"),
         (["--image", tmp_path / "face.png", "--source_mask", tmp_path / "mask.png", "--regions", "beard"], "unknown class 'beard'"),
         (["--image", tmp_path / "face.png", "--source_mask", tmp_path / "mask.png", "--strength", "1.5"], "--strength must be in (0, 1]"),
+        # the noise inversion never reads a source prompt: refused, not silently ignored
+        (["--image", tmp_path / "face.png", "--source_mask", tmp_path / "mask.png", "--source_prompt", "A face."],
+         "--source_prompt is read only by --inversion ode"),
         # no --source_mask and no parser weights: say what to pass
         (["--image", tmp_path / "face.png", "--weights_dir", tmp_path / "none"], "pass the face's own mask with --source_mask"),
     ]
@@ -202,6 +205,28 @@ def test_cli_edit_errors_are_one_line(tiny_run, tmp_path):
         r = cli(*base, *extra)
         assert r.returncode == 2, (extra, r.stderr)
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (extra, r.stderr)
+
+
+def test_cli_names_the_unread_words_of_the_source_prompt(tiny_run, tmp_path):
+    """--inversion ode reads --source_prompt: words its encoder drops are named and recorded, like the
+    prompt's; the noise inversion records no source prompt (it reads none)."""
+    from face_mogle.data.masks import save_label_map
+
+    Image.fromarray(face(7)).save(tmp_path / "face.png")
+    save_label_map(draw_mask(7, SIZE), tmp_path / "mask.png")
+    base = ["--run", tiny_run, "--image", tmp_path / "face.png", "--source_mask", tmp_path / "mask.png",
+            "--regions", "hair", "--prompt", "She has red hair.", "--device", "cpu", "--steps", "2"]
+    r = cli(*base, "--inversion", "ode", "--source_prompt", "She has \u4e2d\u6587 hair.", "--output", tmp_path / "ode.png")
+    assert r.returncode == 0, r.stderr
+    record = json.loads((tmp_path / "ode.json").read_text())
+    assert record["source_prompt"] == "She has \u4e2d\u6587 hair." and record["inversion"] == "ode"
+    assert record["unread_words"] == [] and record["source_unread_words"] == ["\u4e2d\u6587"]
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "'\u4e2d\u6587' of --source_prompt" in warnings[0], r.stderr
+    r = cli(*base, "--output", tmp_path / "noise.png")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    record = json.loads((tmp_path / "noise.json").read_text())
+    assert record["inversion"] == "noise" and record["source_prompt"] is None and record["source_unread_words"] == []
 
 
 def test_cli_parses_the_source_mask_with_the_synthfaces_parser(tiny_run, tmp_path):

@@ -207,7 +207,7 @@ def edit(
 ) -> EditOutput:
     """Edit each face (path, PIL or uint8 array) from its source mask + source prompt to the edited
     mask + prompt; see the module docstring. Lists of length 1 are repeated, like generation.
-    `source_prompts` default to the prompts (a mask edit); `regions` (class names, or one list of
+    `source_prompts` default to the prompts (a mask edit) and are read by the "ode" inversion only; `regions` (class names, or one list of
     them per image) widen the edit area, for text edits."""
     from .pipeline import SamplingError
 

@@ -183,7 +183,7 @@ def check_edit_inputs(args) -> None:
         raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
     if args.margin is not None and args.margin < 0:
         raise UsageError(f"--margin must be >= 0 pixels, got {args.margin}")
-    if args.source_prompt is not None and (args.inversion or "noise") != "ode":
+    if args.source_prompt is not None and args.inversion != "ode":
         # the noise inversion re-noises the face itself: a source prompt would be silently unused
         raise UsageError("--source_prompt is read only by --inversion ode (the noise inversion never reads it): "
                          "add --inversion ode, or leave --source_prompt out")
@@ -272,6 +272,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
     from face_mogle.utils import atomic_write
 
     s = result.settings
+    ode = s["inversion"] == "ode"
     parsed_path = None
     if parsed is not None:  # the parser's mask, so the user can check (and reuse) it
         parsed_path = out.with_name(out.stem + "_source_mask.png")
@@ -283,8 +284,8 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         mask=str(args.mask) if args.mask else "the source mask", prompt=args.prompt or "",
         unread_words=list(unread),
         # the description the inversion reads (ode only: the noise inversion reads none)
-        source_prompt=None if s["inversion"] != "ode" else args.prompt or "" if args.source_prompt is None else args.source_prompt,
-        source_unread_words=list(source_unread) if args.source_prompt is not None else list(unread) if s["inversion"] == "ode" else [],
+        source_prompt=(args.prompt or "" if args.source_prompt is None else args.source_prompt) if ode else None,
+        source_unread_words=list(source_unread) if ode else [],
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
         paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
@@ -323,7 +324,8 @@ def main(argv=None) -> int:
                                           dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
         loaded = time.perf_counter()
         unread = warn_unread(pipe, args.prompt or "", "--prompt")
-        source_unread = warn_unread(pipe, args.source_prompt, "--source_prompt") if args.source_prompt else []
+        # a --source_prompt implies --inversion ode (checked above); without one the ode inversion reads --prompt
+        source_unread = unread if args.source_prompt is None else warn_unread(pipe, args.source_prompt, "--source_prompt")
         if args.image is not None:
             result, parsed = run_edit(args, pipe)
         else:

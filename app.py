@@ -150,8 +150,11 @@ class Demo:
         gates = out.expert_maps[0] if out.expert_maps else None
         mode = mode_name(prompt or "", labels is not None)
         what = f", mask {shown}" if shown else ""
+        cfg = f"cfg scale {s['cfg_scale']}"
+        if s["text_cfg_scale"] != s["cfg_scale"]:
+            cfg += f" (prompt {s['text_cfg_scale']})"
         status = (f"Done: {mode}{what}, {size}x{size}, {steps} steps, guidance {s['guidance']}, "
-                  f"condition scale {s['condition_scale']}, cfg scale {s['cfg_scale']}, seed {seed}.")
+                  f"condition scale {s['condition_scale']}, {cfg}, seed {seed}.")
         return out.images[0], gates, status + unread_note(self.pipe, prompt)
 
 

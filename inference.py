@@ -59,6 +59,7 @@ def parse_args(argv):
     p.add_argument("--size", type=int, default=None, help="image size in pixels, a multiple of the backbone's token size (16 for FLUX; default: sample.size)")
     p.add_argument("--condition_scale", type=float, default=None, help="mask strength: log(scale) biases image<->mask attention; > 0 (default: sample.condition_scale)")
     p.add_argument("--cfg_scale", type=float, default=None, help="true classifier-free guidance: w >= 1 pushes away from the prediction without prompt and mask; 1 = off, > 1 costs a second pass per step (default: sample.cfg_scale: 2 for the shipped tiny model, 1 for FLUX.1-dev)")
+    p.add_argument("--text_cfg_scale", type=float, default=None, help="the prompt's own guidance weight on top of the mask's, >= 1: v_u + cfg·(v_mask − v_u) + text·(v_c − v_mask), a third pass per step with a mask; without a mask it is the only weight (default: sample.text_cfg_scale; unset = --cfg_scale, one joint weight)")
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the run config's dtype)")
@@ -128,6 +129,8 @@ def check_inputs(args) -> None:
         raise UsageError(f"--condition_scale must be a finite number > 0, got {args.condition_scale}")
     if args.cfg_scale is not None and not (math.isfinite(args.cfg_scale) and args.cfg_scale >= 1):
         raise UsageError(f"--cfg_scale must be a finite number >= 1 (1 = off), got {args.cfg_scale}")
+    if args.text_cfg_scale is not None and not (math.isfinite(args.text_cfg_scale) and args.text_cfg_scale >= 1):
+        raise UsageError(f"--text_cfg_scale must be a finite number >= 1, got {args.text_cfg_scale}")
     if args.guidance is not None and not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number, got {args.guidance}")
     if not 0 <= args.seed < 2**63:
@@ -223,7 +226,8 @@ def run_edit(args, pipe):
         strength=DEFAULT_STRENGTH if args.strength is None else args.strength,
         inversion=args.inversion or DEFAULT_INVERSION, margin=DEFAULT_MARGIN if args.margin is None else args.margin,
         paste_back=not args.no_paste_back, steps=args.steps, guidance=args.guidance,
-        condition_scale=args.condition_scale, cfg_scale=args.cfg_scale, size=args.size, batch_size=1,
+        condition_scale=args.condition_scale, cfg_scale=args.cfg_scale, text_cfg_scale=args.text_cfg_scale,
+        size=args.size, batch_size=1,
     )
     return result, parsed
 
@@ -252,7 +256,8 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         prompt=args.prompt or "", unread_words=list(unread),
         mask=None if args.mask is None else str(args.mask), seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
-        condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], gate_timestep_scale=s["gate_timestep_scale"],
+        condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"],
+        gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
         global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
@@ -287,7 +292,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         source_prompt=(args.prompt or "" if args.source_prompt is None else args.source_prompt) if ode else None,
         source_unread_words=list(source_unread) if ode else [],
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
-        condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
+        condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
         paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
         global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
@@ -331,8 +336,8 @@ def main(argv=None) -> int:
         else:
             parsed = None
             result = pipe(args.prompt or "", args.mask, seeds=[args.seed], steps=args.steps, guidance=args.guidance,
-                          condition_scale=args.condition_scale, cfg_scale=args.cfg_scale, size=args.size, batch_size=1,
-                          return_gates=args.gates)
+                          condition_scale=args.condition_scale, cfg_scale=args.cfg_scale,
+                          text_cfg_scale=args.text_cfg_scale, size=args.size, batch_size=1, return_gates=args.gates)
         seconds = time.perf_counter() - loaded
         written = write_outputs(args, pipe, result, seconds, loaded - start, parsed, unread, source_unread)
     except user_errors() as err:

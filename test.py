@@ -37,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=None, help="embedded guidance (default: sample.guidance)")
     p.add_argument("--condition_scale", type=float, default=None, help="mask strength, > 0 (default: sample.condition_scale)")
     p.add_argument("--cfg_scale", type=float, default=None, help="true classifier-free guidance, >= 1 (1 = off; default: sample.cfg_scale)")
+    p.add_argument("--text_cfg_scale", type=float, default=None, help="the prompt's own guidance weight on top of the mask's, >= 1; a third pass per step (default: sample.text_cfg_scale, else --cfg_scale)")
     p.add_argument("--size", type=int, default=None, help="image size in pixels, a multiple of the token size (default: sample.size)")
     p.add_argument("--shard", default=None, help="i/n: take every n-th id starting at i (default: RANK/WORLD_SIZE under torchrun or accelerate launch, else all)")
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
             pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,
             guidance=args.guidance, condition_scale=args.condition_scale, cfg_scale=args.cfg_scale,
-            size=args.size, shard=shard,
+            text_cfg_scale=args.text_cfg_scale, size=args.size, shard=shard,
             progress=not args.quiet, overwrite=args.overwrite,
         )
     except errors as err:

@@ -256,6 +256,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--cfg_scale", type=float, default=None,
                    help="classifier-free guidance for every run (default: each run's sample.cfg_scale)")
+    p.add_argument("--text_cfg_scale", type=float, default=None,
+                   help="the prompt's own guidance weight for every run (default: each run's sample.text_cfg_scale)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swap_num", type=int, default=40,
@@ -278,9 +280,10 @@ def main() -> int:
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
     table, reliances, swaps, cfg_scales = {}, {}, {}, {}
     for run in args.runs or [args.run]:
-        pipe = FaceMoGLEPipeline.from_run(
-            run, device=args.device, overrides=[] if args.cfg_scale is None else [f"sample.cfg_scale={args.cfg_scale}"])
-        cfg_scales[run] = pipe.cfg.sample.cfg_scale
+        overrides = [f"sample.{k}={v}" for k, v in (("cfg_scale", args.cfg_scale), ("text_cfg_scale", args.text_cfg_scale))
+                     if v is not None]
+        pipe = FaceMoGLEPipeline.from_run(run, device=args.device, overrides=overrides)
+        cfg_scales[run] = pipe.guidance_scales()
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)
         table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed)
@@ -288,7 +291,7 @@ def main() -> int:
         if args.swap_num > 0:
             swaps[run] = prompt_swap(pipe, root, ids[: args.swap_num], args.steps, args.batch_size, args.seed)
     print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser; "
-          f"cfg scale {', '.join(f'{Path(r).name} {w:g}' for r, w in cfg_scales.items())}\n")
+          f"cfg scale (mask, prompt) {', '.join(f'{Path(r).name} {w:g}, {wt:g}' for r, (w, wt) in cfg_scales.items())}\n")
     print("| run | mode | mask mIoU | pixel acc. | attribute acc. | " + " | ".join(a.replace("_color", "").replace("_tone", "")
                                                                       for a in ATTRIBUTES) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(ATTRIBUTES))

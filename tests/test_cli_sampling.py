@@ -151,6 +151,17 @@ def test_generate_split_resume_and_shards(tiny_run, data_root, tmp_path, monkeyp
     assert script.main([*map(str, base), "--output_dir", str(full)]) == 0
     assert script.main([*map(str, base), "--output_dir", str(full), "--cfg_scale", "2"]) == 2
     assert_one_line_error(capsys.readouterr().err, "other settings", "cfg_scale 1.0 != 2.0")
+    # the prompt's own weight is a setting of its own; an old manifest without it had the cfg scale's
+    assert json.loads(manifest_path.read_text())["text_cfg_scale"] == 1.0
+    assert script.main([*map(str, base), "--output_dir", str(full), "--text_cfg_scale", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "text_cfg_scale 1.0 != 3.0")
+    old = json.loads(manifest_path.read_text())
+    del old["text_cfg_scale"]
+    manifest_path.write_text(json.dumps(old))
+    assert script.main([*map(str, base), "--output_dir", str(full), "--text_cfg_scale", "3"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "other settings", "text_cfg_scale 1.0 != 3.0")
+    assert script.main([*map(str, base), "--output_dir", str(full), "--text_cfg_scale", "0.5"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "text cfg scale must be a finite number >= 1")
 
     # --limit keeps the first ids of the split.
     limited = tmp_path / "limited"
@@ -253,7 +264,7 @@ def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
     # the preset's keys, with the command line's --set applied after it
     assert (meta["local_maps"], meta["global_map"], meta["mask_latent"]) == ("blank", "palette", "mode")
     assert meta["condition_scale"] == 1.0 and meta["seconds"] > 0 and len(meta["gate_mean"]) == 20
-    assert meta["cfg_scale"] == 1.0
+    assert meta["cfg_scale"] == 1.0 and meta["text_cfg_scale"] == 1.0
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -320,6 +331,7 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         (["--run", run, "--prompt", "x", "--guidance", "nan"], "--guidance must be a finite number"),
         (["--run", run, "--prompt", "x", "--condition_scale", "inf"], "--condition_scale must be a finite number"),
         (["--run", run, "--prompt", "x", "--cfg_scale", "0.5"], "--cfg_scale must be a finite number >= 1"),
+        (["--run", run, "--prompt", "x", "--text_cfg_scale", "nan"], "--text_cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--seed", str(2**70)], "--seed must be in"),
         (["--run", run, "--mask", str(good), "--output", str(good)], "is the input mask"),
         (["--run", run, "--prompt", "x", "--size", "4096"], "above sample.max_size 2048"),

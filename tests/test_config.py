@@ -16,6 +16,7 @@ def test_official_config_values():
     assert len(cfg.model.lora.target_modules) == 13
     assert (cfg.sample.steps, cfg.sample.guidance) == (28, 3.5)
     assert cfg.sample.cfg_scale == 1.0  # FLUX.1-dev is guidance-distilled: no second pass
+    assert cfg.sample.text_cfg_scale is None  # = cfg_scale: one joint weight
 
 
 def test_overrides_are_typed():
@@ -99,7 +100,8 @@ def test_every_float_notation_and_bounds(tmp_path):
     for bad, key in (("train.save_interval=0", "train.save_interval"), ("train.max_steps=0", "train.max_steps"),
                      ("train.sample_interval=-1", "train.sample_interval"), ("sample.guidance=.inf", "sample.guidance"),
                      ("sample.max_size=256", "sample.max_size"), ("sample.cfg_scale=0.5", "sample.cfg_scale"),
-                     ("sample.cfg_scale=.nan", "sample.cfg_scale")):
+                     ("sample.cfg_scale=.nan", "sample.cfg_scale"), ("sample.text_cfg_scale=0.5", "sample.text_cfg_scale"),
+                     ("sample.text_cfg_scale=.inf", "sample.text_cfg_scale")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [bad])
 

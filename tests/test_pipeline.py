@@ -194,6 +194,55 @@ def test_cfg_scale_guides_each_step_away_from_no_prompt_and_no_mask(pipe, monkey
     assert torch.allclose(v, v_u + 2.5 * (v_c - v_u), atol=1e-5)
 
 
+def test_text_cfg_scale_gives_the_prompt_its_own_weight(pipe, monkeypatch):
+    import face_mogle.models.face_mogle as FM
+    from face_mogle.encoding import encode_prompts
+
+    calls = []
+    real = FM.three_stream_forward
+    monkeypatch.setattr(FM, "three_stream_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # the prompt weight equal to the cfg scale (or unset) is the joint guidance: two passes, same image
+    joint = pipe("She has blond hair.", draw_mask(0), [5], cfg_scale=2.0)
+    assert len(calls) == 2 * STEPS and joint.settings["text_cfg_scale"] == 2.0
+    same = pipe("She has blond hair.", draw_mask(0), [5], cfg_scale=2.0, text_cfg_scale=2.0)
+    assert pixels(same.images).tolist() == pixels(joint.images).tolist()
+    calls.clear()
+    # a separate prompt weight with a mask: a third pass (the mask without the prompt)
+    dual = pipe("She has blond hair.", draw_mask(0), [5], cfg_scale=2.0, text_cfg_scale=3.0)
+    assert len(calls) == 3 * STEPS and (dual.settings["cfg_scale"], dual.settings["text_cfg_scale"]) == (2.0, 3.0)
+    assert np.abs(pixels(dual.images) - pixels(joint.images)).max() > 1
+    # without a mask the mask-only prediction is the unconditional one: two passes, the prompt's weight alone
+    calls.clear()
+    text_only = pipe("She has blond hair.", None, [5], cfg_scale=2.0, text_cfg_scale=3.0)
+    assert len(calls) == 2 * STEPS
+    assert pixels(text_only.images).tolist() == pixels(pipe("She has blond hair.", None, [5], cfg_scale=3.0).images).tolist()
+    # a batch mixing both modes equals single calls
+    masks, seeds = [draw_mask(1), None], [6, 7]
+    batch = pipe(["a face", "He wears a hat."], masks, seeds=seeds, batch_size=2, cfg_scale=2.0, text_cfg_scale=3.0).images
+    singles = [pipe(p, m, [s], cfg_scale=2.0, text_cfg_scale=3.0).images[0]
+               for p, m, s in zip(["a face", "He wears a hat."], masks, seeds)]
+    assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
+
+    # One step against a reference: the three velocities computed apart, mixed by hand.
+    mlen = pipe.cfg.sample.max_sequence_length
+    noise, gen = pipe.initial_noise(3, SIZE)
+    t = torch.tensor([0.7])
+    args = (SIZE, pipe.cfg.sample.guidance, 1.0)
+    mask = pipe.load_mask(draw_mask(0), SIZE)
+    with torch.inference_mode():
+        t5, pooled = encode_prompts(pipe.backbone, ["She has blond hair."], mlen)
+        e5, ep = encode_prompts(pipe.backbone, [""], mlen)
+        v_c = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args))
+        v_m = pipe.velocity(noise, t, pipe.conditions(e5, ep, [mask], [gen], *args))
+        v_u = pipe.velocity(noise, t, pipe.conditions(e5, ep, [None], [gen], *args))
+        v = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=2.0, text_cfg_scale=3.5))
+        v_mask_off = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=1.0,
+                                                             text_cfg_scale=3.5))
+    assert (v_c - v_m).abs().max() > 1e-3 and (v_m - v_u).abs().max() > 1e-3
+    assert torch.allclose(v, v_u + 2.0 * (v_m - v_u) + 3.5 * (v_c - v_m), atol=1e-5)
+    assert torch.allclose(v_mask_off, v_m + 3.5 * (v_c - v_m), atol=1e-5)  # no mask guidance: no v_u pass
+
+
 def test_bad_inputs(pipe, tmp_path):
     with pytest.raises(SamplingError, match="multiple of 8"):
         pipe("a", None, [0], size=36)
@@ -204,6 +253,8 @@ def test_bad_inputs(pipe, tmp_path):
     for bad in (0.5, float("inf")):
         with pytest.raises(SamplingError, match="cfg scale must be a finite number >= 1"):
             pipe("a", None, [0], cfg_scale=bad)
+        with pytest.raises(SamplingError, match="text cfg scale must be a finite number >= 1"):
+            pipe("a", None, [0], text_cfg_scale=bad)
     with pytest.raises(SamplingError, match="2 prompts and 3 masks"):
         pipe(["a", "b"], [None, None, None], [0, 1, 2])
     bad = tmp_path / "bad.png"

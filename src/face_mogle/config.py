@@ -143,6 +143,11 @@ class SampleConfig:
     # prompt and without the mask (what the training dropouts teach). 1 = off, one pass per step;
     # FLUX.1-dev is guidance-distilled and keeps 1 (its knob is `guidance`).
     cfg_scale: float = 1.0
+    # The prompt's own guidance weight on top of the mask's: v = v_u + cfg_scale·(v_m − v_u) +
+    # text_cfg_scale·(v_c − v_m), v_m predicted with the mask and without the prompt (a third pass per
+    # step where a mask is given; without one v_m = v_u and this is the only weight). null = cfg_scale:
+    # one joint weight, two passes.
+    text_cfg_scale: Optional[float] = None
     mask_latent: str = "mode"  # "mode" or "sample" of the VAE posterior for mask maps
     # "real": one binary map per class (as training builds them); "blank": all 19 local maps empty,
     # as the official inference.py/test.py build them (a PIL-vs-int comparison bug, DESIGN §3) —
@@ -366,6 +371,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'sample.condition_scale' must be > 0, got {cfg.sample.condition_scale}")
     if not (math.isfinite(cfg.sample.cfg_scale) and cfg.sample.cfg_scale >= 1):
         raise ConfigError(f"config key 'sample.cfg_scale' must be a finite number >= 1 (1 = off), got {cfg.sample.cfg_scale}")
+    text_w = cfg.sample.text_cfg_scale
+    if text_w is not None and not (isinstance(text_w, (int, float)) and math.isfinite(text_w) and text_w >= 1):
+        raise ConfigError(f"config key 'sample.text_cfg_scale' must be null (= sample.cfg_scale) or a finite number >= 1, got {text_w}")
 
 
 def to_dict(cfg: Config) -> dict:

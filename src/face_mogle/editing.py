@@ -124,9 +124,9 @@ def latent_area(area: np.ndarray, latent_pixels: int, channels: int) -> torch.Te
 
 
 class _Editor:
-    def __init__(self, pipe, steps, run_steps, guidance, condition_scale, cfg_scale, size, inversion, margin, paste_back):
+    def __init__(self, pipe, steps, run_steps, guidance, condition_scale, cfg_scales, size, inversion, margin, paste_back):
         self.pipe, self.steps, self.run_steps, self.guidance, self.condition_scale = pipe, steps, run_steps, guidance, condition_scale
-        self.cfg_scale = cfg_scale
+        self.cfg_scales = cfg_scales  # (cfg scale, text cfg scale)
         self.size, self.inversion, self.margin, self.paste_back = size, inversion, margin, paste_back
 
     @torch.inference_mode()
@@ -148,13 +148,13 @@ class _Editor:
         t5_all, pooled_all = encode_prompts(pipe.backbone, texts, pipe.cfg.sample.max_sequence_length, device=device)
         pick = lambda ps: (t5_all[[texts.index(p) for p in ps]], pooled_all[[texts.index(p) for p in ps]])  # noqa: E731
         cond = pipe.conditions(*pick(prompts), targets, generators, size, self.guidance, self.condition_scale,
-                               self.cfg_scale)
+                               *self.cfg_scales)
 
         # The source's path: its latents at sigmas[i] for i >= start (index i - start).
         if self.inversion == "ode":
             # the same guided field as the way forward, so that an unedited face comes back
             src = pipe.conditions(*pick(source_prompts), sources, generators, size, self.guidance, self.condition_scale,
-                                  self.cfg_scale)
+                                  *self.cfg_scales)
             path = [x0]
             x = x0
             for i in range(self.steps - 1, start - 1, -1):  # sigma_{i+1} → sigma_i, velocity at sigma_{i+1}
@@ -201,6 +201,7 @@ def edit(
     guidance: Optional[float] = None,
     condition_scale: Optional[float] = None,
     cfg_scale: Optional[float] = None,
+    text_cfg_scale: Optional[float] = None,
     size: Optional[int] = None,
     batch_size: int = 4,
     on_step: Optional[Callable[[int, int], None]] = None,
@@ -211,8 +212,8 @@ def edit(
     them per image) widen the edit area, for text edits."""
     from .pipeline import SamplingError
 
-    steps, guidance, condition_scale, size, cfg_scale = pipe.settings(steps, guidance, condition_scale, size, batch_size,
-                                                                      cfg_scale)
+    steps, guidance, condition_scale, size, cfg_scale, text_cfg_scale = pipe.settings(
+        steps, guidance, condition_scale, size, batch_size, cfg_scale, text_cfg_scale)
     if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
         raise SamplingError(f"strength must be in (0, 1], got {strength!r}")
     if inversion not in INVERSIONS:
@@ -263,7 +264,7 @@ def edit(
     areas = [edit_area(s, t, r) for s, t, r in zip(sources, targets, region_ids)]
 
     run_steps = min(steps, max(1, round(steps * strength)))  # the last run_steps of the schedule, as img2img counts
-    editor = _Editor(pipe, steps, run_steps, guidance, condition_scale, cfg_scale, size, inversion, int(margin),
+    editor = _Editor(pipe, steps, run_steps, guidance, condition_scale, (cfg_scale, text_cfg_scale), size, inversion, int(margin),
                      bool(paste_back))
     per_batch = run_steps * (2 if inversion == "ode" else 1)
     total, done = per_batch * math.ceil(n / batch_size), 0
@@ -280,7 +281,7 @@ def edit(
         images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
                                cols["source prompts"][sl], seeds[sl], step_done)
     settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
-                    cfg_scale=cfg_scale,
+                    cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale,
                     size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),
                     paste_back=bool(paste_back), regions=[[CLASSES[c] for c in r] for r in region_ids],
                     edited_fraction=[round(float(a.mean()), 4) for a in areas])

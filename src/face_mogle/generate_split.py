@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 # Settings that must match to resume into an existing output folder.
 RESUME_KEYS = ("run", "weights", "backbone", "root", "split_spec", "seed", "steps", "guidance", "size",
-               "condition_scale", "cfg_scale", "gate_timestep_scale", "mask_latent", "local_maps", "global_map",
+               "condition_scale", "cfg_scale", "text_cfg_scale", "gate_timestep_scale", "mask_latent", "local_maps", "global_map",
                "max_sequence_length", "seeding")
 WEIGHT_FILES = ("pytorch_lora_weights.safetensors", "mogle.safetensors", "mogle.pt")
 
@@ -179,6 +179,7 @@ def check_resume(out: Path, settings: dict) -> None:
     except (json.JSONDecodeError, OSError):
         return  # unreadable: rewritten at the end of the first batch
     old = {"cfg_scale": 1.0, **old}  # folders made before classifier-free guidance existed had none
+    old.setdefault("text_cfg_scale", old["cfg_scale"])  # nor, before it, a separate prompt weight
     diffs = [f"{k} {old.get(k)!r} != {settings.get(k)!r}" for k in RESUME_KEYS if k in old and old.get(k) != settings.get(k)]
     if diffs:
         raise GenerationError(
@@ -199,6 +200,7 @@ def generate_split(
     guidance: Optional[float] = None,
     condition_scale: Optional[float] = None,
     cfg_scale: Optional[float] = None,
+    text_cfg_scale: Optional[float] = None,
     size: Optional[int] = None,
     shard: Optional[tuple[int, int]] = None,
     progress: bool = True,
@@ -229,7 +231,7 @@ def generate_split(
     steps = cfg.sample.steps if steps is None else steps
     guidance = cfg.sample.guidance if guidance is None else guidance
     condition_scale = cfg.sample.condition_scale if condition_scale is None else condition_scale
-    cfg_scale = cfg.sample.cfg_scale if cfg_scale is None else float(cfg_scale)
+    cfg_scale, text_cfg_scale = pipe.guidance_scales(cfg_scale, text_cfg_scale)
     size = pipe.check_size(cfg.sample.size if size is None else size)
 
     spec = split_spec(split, cfg.data)
@@ -248,7 +250,7 @@ def generate_split(
         run=str(Path(pipe.run_dir).resolve()) if pipe.run_dir else None, weights=weights_digest(pipe.run_dir),
         backbone=pipe.backbone.source, root=str(root.resolve()), split=split, split_spec=spec,
         seed=seed, steps=steps, guidance=guidance, size=size, condition_scale=condition_scale,
-        cfg_scale=cfg_scale, gate_timestep_scale=cfg.model.gate_timestep_scale, mask_latent=cfg.sample.mask_latent,
+        cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale, gate_timestep_scale=cfg.model.gate_timestep_scale, mask_latent=cfg.sample.mask_latent,
         local_maps=cfg.sample.local_maps, global_map=cfg.model.global_map,
         max_sequence_length=cfg.sample.max_sequence_length,
         seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
@@ -273,7 +275,8 @@ def generate_split(
             result = pipe(
                 [captions[i] for i in batch], [str(root / "mask" / f"{i}.png") for i in batch],
                 seeds=[image_seed(seed, i) for i in batch], steps=steps, guidance=guidance,
-                condition_scale=condition_scale, cfg_scale=cfg_scale, size=size, batch_size=len(batch),
+                condition_scale=condition_scale, cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale, size=size,
+                batch_size=len(batch),
             )
             for i, image in zip(batch, result.images):
                 # Caption first: a face file marks the id as done.

@@ -13,7 +13,9 @@ What happens, per batch of images (DESIGN §2 "Sampling"):
   4. FLUX Euler flow matching: sigmas linspace(1, 1/steps) shifted by mu (from the image token count,
      the scheduler's config), embedded guidance, MoGLE re-mixing the condition tokens every step with
      its gate fed t · model.gate_timestep_scale; with `cfg_scale` w > 1, true classifier-free
-     guidance v_u + w·(v_c − v_u), v_u predicted without the prompt and without the mask;
+     guidance v_u + w·(v_c − v_u), v_u predicted without the prompt and without the mask; with a
+     `text_cfg_scale` w_t ≠ w, the prompt gets its own weight on top of the mask's:
+     v_u + w·(v_m − v_u) + w_t·(v_c − v_m), v_m predicted with the mask and without the prompt;
   5. VAE decode → PIL images, and on request the gate weights as an "expert map" per image.
 """
 
@@ -251,14 +253,24 @@ class FaceMoGLEPipeline:
                                 f"(raise it with --set sample.max_size=N if you have the memory)")
         return int(size)
 
-    def settings(self, steps, guidance, condition_scale, size, batch_size, cfg_scale=None
-                 ) -> tuple[int, float, float, int, float]:
-        """Sampling settings, None = the run config's `sample.*`, checked: (steps, guidance,
-        condition scale, size, cfg scale)."""
+    def guidance_scales(self, cfg_scale=None, text_cfg_scale=None) -> tuple[float, float]:
+        """(cfg scale, text cfg scale), None = the run config's; a text cfg scale left unset in both
+        is the cfg scale (one joint weight)."""
         cfg = self.cfg.sample
         cfg_scale = cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
-        if not (math.isfinite(cfg_scale) and cfg_scale >= 1):
-            raise SamplingError(f"cfg scale must be a finite number >= 1 (1 = off), got {cfg_scale}")
+        text_cfg_scale = cfg.text_cfg_scale if text_cfg_scale is None else float(text_cfg_scale)
+        text_cfg_scale = cfg_scale if text_cfg_scale is None else text_cfg_scale
+        for name, w in (("cfg scale", cfg_scale), ("text cfg scale", text_cfg_scale)):
+            if not (math.isfinite(w) and w >= 1):
+                raise SamplingError(f"{name} must be a finite number >= 1 (1 = off), got {w}")
+        return cfg_scale, text_cfg_scale
+
+    def settings(self, steps, guidance, condition_scale, size, batch_size, cfg_scale=None, text_cfg_scale=None
+                 ) -> tuple[int, float, float, int, float, float]:
+        """Sampling settings, None = the run config's `sample.*`, checked: (steps, guidance,
+        condition scale, size, cfg scale, text cfg scale)."""
+        cfg = self.cfg.sample
+        cfg_scale, text_cfg_scale = self.guidance_scales(cfg_scale, text_cfg_scale)
         steps = cfg.steps if steps is None else steps
         guidance = cfg.guidance if guidance is None else float(guidance)
         condition_scale = cfg.condition_scale if condition_scale is None else float(condition_scale)
@@ -271,7 +283,7 @@ class FaceMoGLEPipeline:
             raise SamplingError(f"guidance must be a finite number, got {guidance}")
         if batch_size < 1:
             raise SamplingError(f"batch size must be >= 1, got {batch_size}")
-        return steps, guidance, condition_scale, size, cfg_scale
+        return steps, guidance, condition_scale, size, cfg_scale, text_cfg_scale
 
     def load_mask(self, mask: Any, size: int) -> Optional[np.ndarray]:
         """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
@@ -345,6 +357,7 @@ class FaceMoGLEPipeline:
         size: Optional[int] = None,
         batch_size: int = 4,
         cfg_scale: Optional[float] = None,
+        text_cfg_scale: Optional[float] = None,
         return_gates: bool = False,
         gate_step: Optional[int] = None,
         on_step: Optional[Callable[[int, int], None]] = None,
@@ -360,8 +373,8 @@ class FaceMoGLEPipeline:
         `on_step(done, total)` is called after every denoising step (done counts over all batches).
         """
         cfg = self.cfg.sample
-        steps, guidance, condition_scale, size, cfg_scale = self.settings(
-            steps, guidance, condition_scale, size, batch_size, cfg_scale)
+        steps, guidance, condition_scale, size, cfg_scale, text_cfg_scale = self.settings(
+            steps, guidance, condition_scale, size, batch_size, cfg_scale, text_cfg_scale)
         if gate_step is not None and not 0 <= gate_step < steps:
             raise SamplingError(f"gate step must be in 0..{steps - 1}, got {gate_step}")
 
@@ -423,7 +436,7 @@ class FaceMoGLEPipeline:
                     on_step(done, total)
 
             batch_images, batch_gates = self._generate_batch(
-                t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, cfg_scale,
+                t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, (cfg_scale, text_cfg_scale),
                 return_gates, gate_step, step_done,
             )
             images += batch_images
@@ -432,8 +445,8 @@ class FaceMoGLEPipeline:
                 maps += [expert_map(w, size) for w in batch_gates]
 
         settings = dict(
-            steps=steps, guidance=guidance, condition_scale=condition_scale, cfg_scale=cfg_scale, size=size,
-            seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
+            steps=steps, guidance=guidance, condition_scale=condition_scale, cfg_scale=cfg_scale,
+            text_cfg_scale=text_cfg_scale, size=size, seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
             max_sequence_length=cfg.max_sequence_length,
             modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
         )
@@ -453,9 +466,11 @@ class FaceMoGLEPipeline:
         return edit(self, images, masks, prompts, source_masks, **kwargs)
 
     def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
-                   cfg_scale: float = 1.0) -> "Conditions":
+                   cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None) -> "Conditions":
         """Everything the transformer reads besides the latents and t, for a batch (on the device);
-        with cfg_scale > 1 also the unconditional batch (empty prompt, no mask) it is guided away from."""
+        with guidance also the batches it is guided away from: the unconditional one (empty prompt, no
+        mask) and, where the prompt has its own weight (`text_cfg_scale` ≠ `cfg_scale`) and the batch
+        a mask, the mask-only one (the mask, empty prompt). `text_cfg_scale` None = `cfg_scale`."""
         device, dtype = self.device, self.dtype
         mask_latents = self.encode_masks(labels, size, list(generators))
         mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
@@ -465,19 +480,27 @@ class FaceMoGLEPipeline:
         cond = Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
                           text_ids(t5.shape[1], device=device, dtype=dtype),
                           image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale)
-        if cfg_scale != 1:
-            # "" and all-zero maps: exactly what the caption and whole-mask dropouts feed in training
-            e5, ep = encode_prompts(self.backbone, [""], self.cfg.sample.max_sequence_length, device=device)
+        text_w = cfg_scale if text_cfg_scale is None else text_cfg_scale
+        # Without any mask the mask-only prediction is the unconditional one: the prompt's weight is all.
+        mask_w = cfg_scale if any(lab is not None for lab in labels) else text_w
+        if mask_w == 1 and text_w == 1:
+            return cond
+        # "" and all-zero maps: exactly what the caption and whole-mask dropouts feed in training
+        e5, ep = encode_prompts(self.backbone, [""], self.cfg.sample.max_sequence_length, device=device)
+        e5, ep = e5.expand(b, -1, -1).to(dtype), ep.expand(b, -1).to(dtype)
+        e_ids = text_ids(e5.shape[1], device=device, dtype=dtype)
+        uncond = mask_only = None
+        if mask_w != 1:
             empty = self.encode_masks([None] * b, size, list(generators)).to(mask_latents.dtype)
-            uncond = Conditions(empty, e5.expand(b, -1, -1).to(dtype), ep.expand(b, -1).to(dtype),
-                                text_ids(e5.shape[1], device=device, dtype=dtype), cond.img_ids, guidance_t,
-                                condition_scale)
-            cond = replace(cond, cfg_scale=cfg_scale, uncond=uncond)
-        return cond
+            uncond = Conditions(empty, e5, ep, e_ids, cond.img_ids, guidance_t, condition_scale)
+        if text_w != mask_w:
+            mask_only = replace(cond, t5=e5, pooled=ep, txt_ids=e_ids)
+        return replace(cond, cfg_scale=mask_w, text_cfg_scale=text_w, uncond=uncond, mask_only=mask_only)
 
     def velocity(self, latents: torch.Tensor, t: torch.Tensor, cond: "Conditions") -> torch.Tensor:
         """The flow model's velocity at latents (float32 [B, N, C]) and model time t in [0, 1];
-        guided (v_u + w·(v_c − v_u)) when `cond` carries an unconditional batch."""
+        guided when `cond` carries the batches to guide away from: v_u + w·(v_c − v_u) with one weight,
+        v_u + w·(v_m − v_u) + w_t·(v_c − v_m) with a mask-only batch (v_u's term absent at w = 1)."""
         t = t.expand(latents.shape[0]).to(self.device)
 
         def predict(c: "Conditions") -> torch.Tensor:
@@ -487,10 +510,15 @@ class FaceMoGLEPipeline:
                 gate_timestep=t * self.cfg.model.gate_timestep_scale,
             )
 
-        if cond.uncond is None:
+        if cond.uncond is None and cond.mask_only is None:
             return predict(cond)
-        v_u = predict(cond.uncond).float()  # first, so that the gate weights kept are the conditional pass's
-        return v_u + cond.cfg_scale * (predict(cond).float() - v_u)
+        # the conditional pass last, so that the gate weights kept are its own
+        v_u = None if cond.uncond is None else predict(cond.uncond).float()
+        if cond.mask_only is None:
+            return v_u + cond.cfg_scale * (predict(cond).float() - v_u)
+        v_m = predict(cond.mask_only).float()
+        guided = v_m if v_u is None else v_m + (cond.cfg_scale - 1) * (v_m - v_u)
+        return guided + cond.text_cfg_scale * (predict(cond).float() - v_m)
 
     def decode(self, latents: torch.Tensor, size: int) -> list:
         """Final latents → PIL images; non-finite latents are an error (they decode to black)."""
@@ -502,12 +530,12 @@ class FaceMoGLEPipeline:
         return [Image.fromarray(a, "RGB") for a in arrays]
 
     @torch.inference_mode()
-    def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scale,
+    def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scales,
                         return_gates, gate_step, step_done):
         model, device = self.model, self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
-        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, cfg_scale)
+        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, *cfg_scales)
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
 
         gate_sum = None
@@ -538,8 +566,10 @@ class Conditions:
     img_ids: torch.Tensor
     guidance: Optional[torch.Tensor]
     condition_scale: float
-    cfg_scale: float = 1.0
+    cfg_scale: float = 1.0  # the mask's weight (and the prompt's, without a mask-only batch)
+    text_cfg_scale: float = 1.0  # the prompt's weight on top of the mask's (with a mask-only batch)
     uncond: Optional["Conditions"] = None  # the unconditional batch of classifier-free guidance
+    mask_only: Optional["Conditions"] = None  # the mask without the prompt (a separate prompt weight)
 
 
 __all__ = [

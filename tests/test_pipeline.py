@@ -158,9 +158,25 @@ def test_sampled_mask_latents_are_per_image(tiny_run):
     assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
 
 
+def one_step_velocity(pipe):
+    """velocity(prompt, mask, **guidance) of one step, at fixed noise and t = 0.7."""
+    from face_mogle.encoding import encode_prompts
+
+    noise, gen = pipe.initial_noise(3, SIZE)
+    t = torch.tensor([0.7])
+
+    def velocity(prompt, mask, **scales):
+        label = None if mask is None else pipe.load_mask(mask, SIZE)
+        with torch.inference_mode():
+            t5, pooled = encode_prompts(pipe.backbone, [prompt], pipe.cfg.sample.max_sequence_length)
+            cond = pipe.conditions(t5, pooled, [label], [gen], SIZE, pipe.cfg.sample.guidance, 1.0, **scales)
+            return pipe.velocity(noise, t, cond)
+
+    return velocity
+
+
 def test_cfg_scale_guides_each_step_away_from_no_prompt_and_no_mask(pipe, monkeypatch):
     import face_mogle.models.face_mogle as FM
-    from face_mogle.encoding import encode_prompts
 
     calls = []
     real = FM.three_stream_forward
@@ -179,24 +195,15 @@ def test_cfg_scale_guides_each_step_away_from_no_prompt_and_no_mask(pipe, monkey
 
     # One step against a reference: the conditional velocity and the velocity of text-free,
     # mask-free sampling ("" and no mask), computed apart and mixed by hand.
-    mlen = pipe.cfg.sample.max_sequence_length
-    noise, gen = pipe.initial_noise(3, SIZE)
-    t = torch.tensor([0.7])
-    args = (SIZE, pipe.cfg.sample.guidance, 1.0)
-    mask = pipe.load_mask(draw_mask(0), SIZE)
-    with torch.inference_mode():
-        t5, pooled = encode_prompts(pipe.backbone, ["She has blond hair."], mlen)
-        e5, ep = encode_prompts(pipe.backbone, [""], mlen)
-        v_c = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args))
-        v_u = pipe.velocity(noise, t, pipe.conditions(e5, ep, [None], [gen], *args))
-        v = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=2.5))
+    velocity, mask = one_step_velocity(pipe), draw_mask(0)
+    v_c, v_u = velocity("She has blond hair.", mask), velocity("", None)
+    v = velocity("She has blond hair.", mask, cfg_scale=2.5)
     assert (v_c - v_u).abs().max() > 1e-3
     assert torch.allclose(v, v_u + 2.5 * (v_c - v_u), atol=1e-5)
 
 
 def test_text_cfg_scale_gives_the_prompt_its_own_weight(pipe, monkeypatch):
     import face_mogle.models.face_mogle as FM
-    from face_mogle.encoding import encode_prompts
 
     calls = []
     real = FM.three_stream_forward
@@ -224,20 +231,10 @@ def test_text_cfg_scale_gives_the_prompt_its_own_weight(pipe, monkeypatch):
     assert np.abs(pixels(batch) - pixels(singles)).max() <= 1
 
     # One step against a reference: the three velocities computed apart, mixed by hand.
-    mlen = pipe.cfg.sample.max_sequence_length
-    noise, gen = pipe.initial_noise(3, SIZE)
-    t = torch.tensor([0.7])
-    args = (SIZE, pipe.cfg.sample.guidance, 1.0)
-    mask = pipe.load_mask(draw_mask(0), SIZE)
-    with torch.inference_mode():
-        t5, pooled = encode_prompts(pipe.backbone, ["She has blond hair."], mlen)
-        e5, ep = encode_prompts(pipe.backbone, [""], mlen)
-        v_c = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args))
-        v_m = pipe.velocity(noise, t, pipe.conditions(e5, ep, [mask], [gen], *args))
-        v_u = pipe.velocity(noise, t, pipe.conditions(e5, ep, [None], [gen], *args))
-        v = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=2.0, text_cfg_scale=3.5))
-        v_mask_off = pipe.velocity(noise, t, pipe.conditions(t5, pooled, [mask], [gen], *args, cfg_scale=1.0,
-                                                             text_cfg_scale=3.5))
+    velocity, mask = one_step_velocity(pipe), draw_mask(0)
+    v_c, v_m, v_u = velocity("She has blond hair.", mask), velocity("", mask), velocity("", None)
+    v = velocity("She has blond hair.", mask, cfg_scale=2.0, text_cfg_scale=3.5)
+    v_mask_off = velocity("She has blond hair.", mask, cfg_scale=1.0, text_cfg_scale=3.5)
     assert (v_c - v_m).abs().max() > 1e-3 and (v_m - v_u).abs().max() > 1e-3
     assert torch.allclose(v, v_u + 2.0 * (v_m - v_u) + 3.5 * (v_c - v_m), atol=1e-5)
     assert torch.allclose(v_mask_off, v_m + 3.5 * (v_c - v_m), atol=1e-5)  # no mask guidance: no v_u pass

@@ -58,7 +58,7 @@ def parse_args(argv):
     p.add_argument("--guidance", type=float, default=None, help="embedded guidance (default: sample.guidance)")
     p.add_argument("--size", type=int, default=None, help="image size in pixels, a multiple of the backbone's token size (16 for FLUX; default: sample.size)")
     p.add_argument("--condition_scale", type=float, default=None, help="mask strength: log(scale) biases image<->mask attention; > 0 (default: sample.condition_scale)")
-    p.add_argument("--cfg_scale", type=float, default=None, help="true classifier-free guidance: w >= 1 pushes away from the prediction without prompt and mask; 1 = off, > 1 costs a second pass per step (default: sample.cfg_scale: 2 for the shipped tiny model, 1 for FLUX.1-dev)")
+    p.add_argument("--cfg_scale", type=float, default=None, help="true classifier-free guidance: w >= 1 pushes away from the prediction without prompt and mask; 1 = off, > 1 costs a second pass per step; given alone it is also the prompt's weight (default: sample.cfg_scale: 2 for the shipped tiny model, 1 for FLUX.1-dev)")
     p.add_argument("--text_cfg_scale", type=float, default=None, help="the prompt's own guidance weight on top of the mask's, >= 1: v_u + cfg·(v_mask − v_u) + text·(v_c − v_mask), a third pass per step with a mask; without a mask it is the only weight (default: sample.text_cfg_scale; unset = --cfg_scale, one joint weight)")
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

@@ -255,7 +255,7 @@ def main() -> int:
     p.add_argument("--modes", default="mask+text,mask,text", help="comma-separated: mask+text, mask, text")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's sample.steps)")
     p.add_argument("--cfg_scale", type=float, default=None,
-                   help="classifier-free guidance for every run (default: each run's sample.cfg_scale)")
+                   help="classifier-free guidance for every run, also the prompt's weight unless --text_cfg_scale is given (default: each run's sample.cfg_scale)")
     p.add_argument("--text_cfg_scale", type=float, default=None,
                    help="the prompt's own guidance weight for every run (default: each run's sample.text_cfg_scale)")
     p.add_argument("--batch_size", type=int, default=16)
@@ -280,7 +280,9 @@ def main() -> int:
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
     table, reliances, swaps, cfg_scales = {}, {}, {}, {}
     for run in args.runs or [args.run]:
-        overrides = [f"sample.{k}={v}" for k, v in (("cfg_scale", args.cfg_scale), ("text_cfg_scale", args.text_cfg_scale))
+        # as inference.py: a cfg scale given alone is also the prompt's weight
+        text_w = args.cfg_scale if args.text_cfg_scale is None else args.text_cfg_scale
+        overrides = [f"sample.{k}={v}" for k, v in (("cfg_scale", args.cfg_scale), ("text_cfg_scale", text_w))
                      if v is not None]
         pipe = FaceMoGLEPipeline.from_run(run, device=args.device, overrides=overrides)
         cfg_scales[run] = pipe.guidance_scales()

@@ -223,6 +223,14 @@ def test_text_cfg_scale_gives_the_prompt_its_own_weight(pipe, monkeypatch):
     text_only = pipe("She has blond hair.", None, [5], cfg_scale=2.0, text_cfg_scale=3.0)
     assert len(calls) == 2 * STEPS
     assert pixels(text_only.images).tolist() == pixels(pipe("She has blond hair.", None, [5], cfg_scale=3.0).images).tolist()
+    # a config's prompt weight applies with the config's cfg scale; a cfg scale given alone sets both
+    pipe.cfg.sample.text_cfg_scale = 3.0
+    try:
+        assert pipe.guidance_scales() == (1.0, 3.0) and pipe.guidance_scales(2.0) == (2.0, 2.0)
+        assert pipe.guidance_scales(1.0) == (1.0, 1.0) and pipe.guidance_scales(2.0, 4.0) == (2.0, 4.0)
+        assert pipe.guidance_scales(None, 4.0) == (1.0, 4.0)
+    finally:
+        pipe.cfg.sample.text_cfg_scale = None
     # a batch mixing both modes equals single calls
     masks, seeds = [draw_mask(1), None], [6, 7]
     batch = pipe(["a face", "He wears a hat."], masks, seeds=seeds, batch_size=2, cfg_scale=2.0, text_cfg_scale=3.0).images

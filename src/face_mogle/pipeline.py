@@ -254,12 +254,14 @@ class FaceMoGLEPipeline:
         return int(size)
 
     def guidance_scales(self, cfg_scale=None, text_cfg_scale=None) -> tuple[float, float]:
-        """(cfg scale, text cfg scale), None = the run config's; a text cfg scale left unset in both
-        is the cfg scale (one joint weight)."""
+        """(cfg scale, text cfg scale), None = the run config's. A cfg scale given without a text cfg
+        scale sets both (one joint weight: `cfg_scale=1` is guidance off, whatever the config's prompt
+        weight); so does a config without `sample.text_cfg_scale`."""
         cfg = self.cfg.sample
+        if text_cfg_scale is None:
+            text_cfg_scale = cfg.text_cfg_scale if cfg_scale is None else cfg_scale
         cfg_scale = cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
-        text_cfg_scale = cfg.text_cfg_scale if text_cfg_scale is None else float(text_cfg_scale)
-        text_cfg_scale = cfg_scale if text_cfg_scale is None else text_cfg_scale
+        text_cfg_scale = cfg_scale if text_cfg_scale is None else float(text_cfg_scale)
         for name, w in (("cfg scale", cfg_scale), ("text cfg scale", text_cfg_scale)):
             if not (math.isfinite(w) and w >= 1):
                 raise SamplingError(f"{name} must be a finite number >= 1 (1 = off), got {w}")

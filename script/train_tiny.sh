@@ -15,7 +15,8 @@ if [[ ! -f "$DATA/text.json" ]]; then
 fi
 
 # (1) VAE → a whole FLUX-layout backbone folder (random tiny transformer and text encoders)
-if [[ ! -f "$STAGES/backbone-vae/model_index.json" ]]; then
+# (skipped once the text stage's backbone exists: it holds the trained VAE)
+if [[ ! -f "$STAGES/backbone-vae/model_index.json" && ! -f "$STAGES/backbone-text/model_index.json" ]]; then
     python -m face_mogle.training.vae --data "$DATA" --out "$STAGES/backbone-vae" --size 128 --steps 3000 --batch_size 16
 fi
 

@@ -69,6 +69,10 @@ class ModelConfig:
     # Initial gate weight of the global expert (0 = the official initialisation, about 1/20);
     # only the starting point of training: weights files do not depend on it.
     gate_global_prior: float = 0.0
+    # Weight-only quantization of the frozen base (transformer and T5; CLIP and the VAE are small):
+    # "none", "int8" / "fp8" (torchao) or "nf4" (bitsandbytes, CUDA only). LoRA and MoGLE stay in
+    # full precision and train on top of it.
+    quantize: str = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -90,7 +94,7 @@ class DataConfig:
 
 @dataclass
 class OptimizerConfig:
-    type: str = "prodigy"  # "prodigy" or "adamw"
+    type: str = "prodigy"  # "prodigy", "adamw" or "adamw8bit" (bitsandbytes: 8-bit optimizer state)
     lr: float = 1.0
     weight_decay: float = 0.01
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -156,6 +160,10 @@ class SampleConfig:
     # Largest image side a sampler accepts: FLUX.1-dev is trained up to ~2 MP; past this a typo such
     # as 4096 would allocate gigabytes (and on a CPU, hold the demo's queue for minutes)
     max_size: int = 2048
+    # Where components live while sampling on a GPU: "none" (all on the device), "model" (each
+    # component on the device only while it runs) or "leaf" (the transformer's layers stream in
+    # one by one: least memory, slowest)
+    offload: str = "none"
 
 
 @dataclass
@@ -320,7 +328,9 @@ def validate(cfg: Config) -> None:
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
     _choice("train.loss_weighting", cfg.train.loss_weighting, ("none", "regions"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
-    _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw"))
+    _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw", "adamw8bit"))
+    _choice("model.quantize", cfg.model.quantize, ("none", "int8", "fp8", "nf4"))
+    _choice("sample.offload", cfg.sample.offload, ("none", "model", "leaf"))
     _choice("train.optimizer.decay", cfg.train.optimizer.decay, ("constant", "cosine"))
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))

@@ -117,6 +117,13 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
             params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps,
             use_bias_correction=opt.use_bias_correction, safeguard_warmup=opt.safeguard_warmup,
         )
+    elif opt.type == "adamw8bit":
+        try:
+            from bitsandbytes.optim import AdamW8bit
+        except ImportError:
+            raise TrainingError("train.optimizer.type is adamw8bit but bitsandbytes is not installed: pip install bitsandbytes") from None
+        # bitsandbytes keeps tensors under 4,096 elements in 32 bits (min_8bit_size): tiny models barely change
+        optimizer = AdamW8bit(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
     else:
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
     warmup, total = max(0, opt.warmup_steps), cfg.train.max_steps

@@ -29,6 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from face_mogle.cli import add_memory_arguments, memory_overrides
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -609,6 +611,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the run config's)")
+    add_memory_arguments(p)
     p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="run config override (repeatable)")
     p.add_argument("--weights_dir", default=str(DEFAULT_WEIGHTS_DIR), metavar="DIR", help="the eval suite's models, for the Edit tab's segformer face parser (face-parsing/ under DIR; default: checkpoints/eval)")
@@ -629,7 +632,8 @@ def main(argv=None) -> int:
 
     try:
         pipe = FaceMoGLEPipeline.from_run(run, pretrained=args.pretrained, device=args.device, dtype=args.dtype,
-                                          overrides=preset_overrides(args.preset) + args.overrides)
+                                          overrides=preset_overrides(args.preset) + args.overrides
+                                          + memory_overrides(args))
     except user_errors() as err:
         print(f"app.py: error: {one_line(err)}", file=sys.stderr)
         return 2

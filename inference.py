@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from face_mogle.cli import add_memory_arguments, memory_overrides
+
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr (exit 2), like every other input error."""
@@ -63,6 +65,7 @@ def parse_args(argv):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the run config's dtype)")
+    add_memory_arguments(p)
     p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (the official sampler's gate input) or sample.mask_latent=sample (repeatable)")
@@ -326,7 +329,8 @@ def main(argv=None) -> int:
     try:
         start = time.perf_counter()
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=args.device,
-                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
+                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides
+                                          + memory_overrides(args))
         loaded = time.perf_counter()
         unread = warn_unread(pipe, args.prompt or "", "--prompt")
         # a --source_prompt implies --inversion ode (checked above); without one the ode inversion reads --prompt

@@ -14,6 +14,8 @@ import errno
 import os
 import sys
 
+from face_mogle.cli import add_memory_arguments, memory_overrides
+
 
 class OneLineParser(argparse.ArgumentParser):
     """Usage mistakes are one line on stderr (exit 2), like every other input error."""
@@ -43,6 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", default=None, help="FLUX backbone folder or 'tiny', instead of the run config's 'pretrained'")
     p.add_argument("--device", default=None, help="torch device (default: cuda, cuda:LOCAL_RANK under a launcher, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype (default: the config's dtype)")
+    add_memory_arguments(p)
     p.add_argument("--preset", default=None, metavar="FILE", help="a YAML of config keys applied over the run's config (before --set): configs/official-sampler.yaml samples exactly as the official code does")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (repeatable)")
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
             if torch.cuda.is_available():
                 device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=device,
-                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides)
+                                          dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides
+                                          + memory_overrides(args))
         summary = generate_split(
             pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,

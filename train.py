@@ -9,6 +9,8 @@ import argparse
 import errno
 import sys
 
+from face_mogle.cli import add_memory_arguments, memory_overrides
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -23,6 +25,7 @@ def main(argv=None) -> int:
                         help="continue the run from its newest checkpoint ('latest') or a checkpoint folder")
     parser.add_argument("--pretrained", metavar="DIR",
                         help="FLUX backbone folder (overrides the config's `pretrained`)")
+    add_memory_arguments(parser, sampling=False)
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a run folder that already holds a run (its checkpoints are deleted)")
     args = parser.parse_args(argv)
@@ -38,7 +41,7 @@ def main(argv=None) -> int:
     from face_mogle.training.trainer import Trainer, TrainingError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides + memory_overrides(args))
         trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained, overwrite=args.overwrite)
         trainer.train()
     except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:

@@ -276,10 +276,13 @@ def edit(
             on_step(done, total)
 
     images = []
-    for b in range(0, n, batch_size):
-        sl = slice(b, b + batch_size)
-        images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
-                               cols["source prompts"][sl], seeds[sl], step_done)
+    # an edit reads its encoders between transformer passes (the inversion): with sample.offload every
+    # component comes to the device for the whole batch (no saving, but correct)
+    with pipe.placed("text_encoder", "text_encoder_2", "vae", "transformer"):
+        for b in range(0, n, batch_size):
+            sl = slice(b, b + batch_size)
+            images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
+                                   cols["source prompts"][sl], seeds[sl], step_done)
     settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
                     cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale,
                     size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),

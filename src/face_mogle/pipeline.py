@@ -80,8 +80,9 @@ def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
 def user_errors() -> tuple[type, ...]:
     """Exception types whose message is meant for the user (the CLIs print them as one line)."""
     from .models.builder import BackboneError
+    from .models.quantization import QuantizationError
 
-    return (SamplingError, ConfigError, BackboneError, MaskError)
+    return (SamplingError, ConfigError, BackboneError, MaskError, QuantizationError)
 
 
 def one_line(err: BaseException) -> str:
@@ -191,6 +192,39 @@ class FaceMoGLEPipeline:
         self.cfg = cfg
         self.device = torch.device(device)
         self.run_dir = run_dir
+        self.offload = cfg.sample.offload
+        if self.offload == "leaf":
+            self._group_offload_transformer()
+
+    def _group_offload_transformer(self) -> None:
+        """`sample.offload: leaf`: diffusers' leaf-level group offloading of the transformer. Its hooks
+        sit on the leaf layers (Linear, norms, embeddings; LoRA's own Linears too), not on the model's
+        forward: our three-stream forward calls the blocks' submodules directly, and each call onloads
+        the layer it reaches. Needs an accelerator to stream to."""
+        if self.device.type == "cpu":
+            raise SamplingError("sample.offload leaf streams the transformer's layers to a GPU: it needs a CUDA device "
+                                "(on a CPU everything already sits in memory; use none)")
+        from diffusers.hooks import apply_group_offloading
+
+        apply_group_offloading(self.backbone.transformer, onload_device=self.device, offload_device=torch.device("cpu"),
+                               offload_type="leaf_level", use_stream=True)
+
+    @contextlib.contextmanager
+    def placed(self, *names: str):
+        """Inside the block the named backbone components sit on the device. With `sample.offload`
+        model (or leaf, for everything but the transformer) they are on the CPU before and after, so
+        T5 never sits beside the transformer; without offloading, everything stays where it is."""
+        if self.offload == "none" or self.device.type == "cpu":
+            yield
+            return
+        modules = [getattr(self.backbone, n) for n in names if not (n == "transformer" and self.offload == "leaf")]
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.to("cpu")
 
     # -----------------------------------------------------------------------------------------
 
@@ -202,15 +236,19 @@ class FaceMoGLEPipeline:
         device: Optional[str | torch.device] = None,
         dtype: Optional[str | torch.dtype] = None,
         overrides: Optional[Sequence[str]] = None,
+        quantize: Optional[str] = None,
     ) -> "FaceMoGLEPipeline":
         """Load a run folder (config.yaml + LoRA + MoGLE) on its backbone.
 
         `pretrained` replaces the config's backbone ("tiny" or a folder); `dtype` the config's
         weights dtype; `overrides` are `--set`-style "key=value" config overrides (e.g.
-        "model.gate_timestep_scale=1000"). Errors: SamplingError, ConfigError, BackboneError.
+        "model.gate_timestep_scale=1000"); `quantize` the config's `model.quantize` (the base's
+        transformer and T5 weight-only quantized: none, int8, fp8, nf4). Errors: SamplingError,
+        ConfigError, BackboneError, QuantizationError.
         """
         run = check_run_dir(run_dir)
-        cfg = load_config(run / CONFIG_FILE, list(overrides or []))
+        overrides = list(overrides or []) + ([f"model.quantize={quantize}"] if quantize is not None else [])
+        cfg = load_config(run / CONFIG_FILE, overrides)
         source = resolve_pretrained(pretrained or cfg.pretrained, run)
         device = check_device(device)
         if isinstance(dtype, str):
@@ -218,7 +256,9 @@ class FaceMoGLEPipeline:
                 raise SamplingError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
             dtype = DTYPES[dtype]
         dtype = dtype or DTYPES[cfg.dtype]
-        backbone = load_backbone(source, dtype=dtype, device=device)
+        # offloaded components start on the CPU (NF4 layers are placed on the GPU by bitsandbytes itself)
+        offloaded = cfg.sample.offload != "none" and device.type != "cpu" and cfg.model.quantize != "nf4"
+        backbone = load_backbone(source, dtype=dtype, device="cpu" if offloaded else device, quantize=cfg.model.quantize)
         model = FaceMoGLE(backbone.transformer, cfg.model)
         try:
             model.load_weights(run)
@@ -226,8 +266,11 @@ class FaceMoGLEPipeline:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SamplingError(f"cannot load the weights of run {run}: {first}") from None
         # LoRA adapters sit beside their base layers (peft keeps them on the base layer's device).
-        # MoGLE stays float32: it is small, and its output is cast to the transformer's dtype.
-        model.transformer.to(device)
+        # MoGLE stays float32 on the device: it is small, and its output is cast to the transformer's dtype.
+        if cfg.sample.offload == "none" or device.type == "cpu":
+            model.transformer.to(device)
+        elif not offloaded:  # NF4, loaded onto the GPU: every component waits on the CPU until it runs
+            backbone.to(device="cpu")
         model.mogle.to(device=device, dtype=torch.float32)
         return cls(backbone, model, cfg, device=device, run_dir=str(run))
 
@@ -235,8 +278,8 @@ class FaceMoGLEPipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The transformer's compute dtype (of a layer LoRA never wraps)."""
-        return self.backbone.transformer.context_embedder.weight.dtype
+        """The transformer's compute dtype."""
+        return self.backbone.dtype
 
     @property
     def token_pixels(self) -> int:
@@ -411,7 +454,11 @@ class FaceMoGLEPipeline:
         for p in prompts:
             remaining[p] = remaining.get(p, 0) + 1
         text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        guided = cfg_scale != 1 or text_cfg_scale != 1
+        empty_text = None
 
+        # Staged per batch: text encoders, then the VAE (masks), the transformer, the VAE (decode); with
+        # sample.offload each stage's components alone are on the device
         images, gates, maps = [], [], []
         total = steps * math.ceil(n / batch_size)
         done = 0
@@ -419,9 +466,12 @@ class FaceMoGLEPipeline:
             sl = slice(start, start + batch_size)
             batch_prompts = prompts[sl]
             new = sorted({p for p in batch_prompts if p not in text_cache})
-            if new:
-                with _quiet_prompt_truncation():
-                    t5, pooled = encode_prompts(self.backbone, new, cfg.max_sequence_length, device=self.device)
+            if new or (empty_text is None and guided):
+                with _quiet_prompt_truncation(), self.placed("text_encoder", "text_encoder_2"):
+                    if new:
+                        t5, pooled = encode_prompts(self.backbone, new, cfg.max_sequence_length, device=self.device)
+                    if empty_text is None and guided:  # the prompt the guidance steers away from
+                        empty_text = encode_prompts(self.backbone, [""], cfg.max_sequence_length, device=self.device)
                 for i, p in enumerate(new):
                     text_cache[p] = (t5[i : i + 1], pooled[i : i + 1])
             t5 = torch.cat([text_cache[p][0] for p in batch_prompts])
@@ -439,7 +489,7 @@ class FaceMoGLEPipeline:
 
             batch_images, batch_gates = self._generate_batch(
                 t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, (cfg_scale, text_cfg_scale),
-                return_gates, gate_step, step_done,
+                return_gates, gate_step, step_done, empty_text,
             )
             images += batch_images
             if return_gates and batch_gates is not None:
@@ -449,6 +499,7 @@ class FaceMoGLEPipeline:
         settings = dict(
             steps=steps, guidance=guidance, condition_scale=condition_scale, cfg_scale=cfg_scale,
             text_cfg_scale=text_cfg_scale, size=size, seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
+            quantize=self.backbone.quantize, offload=self.offload,
             max_sequence_length=cfg.max_sequence_length,
             modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
         )
@@ -468,11 +519,12 @@ class FaceMoGLEPipeline:
         return edit(self, images, masks, prompts, source_masks, **kwargs)
 
     def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
-                   cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None) -> "Conditions":
+                   cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None, empty_text=None) -> "Conditions":
         """Everything the transformer reads besides the latents and t, for a batch (on the device);
         with guidance also the batches it is guided away from: the unconditional one (empty prompt, no
         mask) and, where the prompt has its own weight (`text_cfg_scale` ≠ `cfg_scale`) and the batch
-        a mask, the mask-only one (the mask, empty prompt). `text_cfg_scale` None = `cfg_scale`."""
+        a mask, the mask-only one (the mask, empty prompt). `text_cfg_scale` None = `cfg_scale`.
+        `empty_text`: the empty prompt's (T5, pooled) encoding, if already made (else it is encoded here)."""
         device, dtype = self.device, self.dtype
         mask_latents = self.encode_masks(labels, size, list(generators))
         mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
@@ -488,7 +540,7 @@ class FaceMoGLEPipeline:
         if mask_w == 1 and text_w == 1:
             return cond
         # "" and all-zero maps: exactly what the caption and whole-mask dropouts feed in training
-        e5, ep = encode_prompts(self.backbone, [""], self.cfg.sample.max_sequence_length, device=device)
+        e5, ep = empty_text or encode_prompts(self.backbone, [""], self.cfg.sample.max_sequence_length, device=device)
         e5, ep = e5.expand(b, -1, -1).to(dtype), ep.expand(b, -1).to(dtype)
         e_ids = text_ids(e5.shape[1], device=device, dtype=dtype)
         uncond = mask_only = None
@@ -533,13 +585,23 @@ class FaceMoGLEPipeline:
 
     @torch.inference_mode()
     def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scales,
-                        return_gates, gate_step, step_done):
-        model, device = self.model, self.device
+                        return_gates, gate_step, step_done, empty_text=None):
+        device = self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
-        cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, *cfg_scales)
+        with self.placed("vae"):
+            cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, *cfg_scales,
+                                   empty_text=empty_text)
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
+        with self.placed("transformer"):
+            latents, gate_sum = self._denoise(latents, timesteps, sigmas, cond, return_gates, gate_step, step_done)
+        with self.placed("vae"):
+            images = self.decode(latents, size)
+        gates = None if gate_sum is None else (gate_sum / steps).cpu()
+        return images, gates
 
+    def _denoise(self, latents, timesteps, sigmas, cond, return_gates, gate_step, step_done):
+        model, steps = self.model, len(timesteps)
         gate_sum = None
         for i in range(steps):
             velocity = self.velocity(latents, timesteps[i], cond)
@@ -552,10 +614,7 @@ class FaceMoGLEPipeline:
                 elif i == gate_step:
                     gate_sum = w * steps
             step_done()
-
-        images = self.decode(latents, size)
-        gates = None if gate_sum is None else (gate_sum / steps).cpu()
-        return images, gates
+        return latents, gate_sum
 
 
 @dataclass

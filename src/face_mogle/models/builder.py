@@ -75,6 +75,7 @@ class Backbone:
     tokenizer_2: object
     scheduler: object
     source: str  # folder path, or "tiny"
+    quantize: str = "none"  # weight-only quantization of the transformer and T5 (models.quantization)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -88,6 +89,12 @@ class Backbone:
     @property
     def latent_channels(self) -> int:
         return self.vae.config.latent_channels
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's compute dtype, read off a layer that no scheme quantizes (biases and
+        norms stay in it; a 4-bit weight's own dtype is uint8)."""
+        return self.transformer.context_embedder.bias.dtype
 
     def to(self, device=None, dtype=None) -> "Backbone":
         kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
@@ -168,15 +175,24 @@ def load_backbone(
     dtype: torch.dtype | str = torch.float32,
     device: torch.device | str = "cpu",
     tiny_spec: Optional[TinySpec] = None,
+    quantize: str = "none",
 ) -> Backbone:
-    """Load all FLUX components from `source` (a folder), or build the tiny preset ("tiny")."""
+    """Load all FLUX components from `source` (a folder), or build the tiny preset ("tiny").
+
+    `quantize` ("none", "int8", "fp8", "nf4") loads the transformer and T5 weight-only quantized
+    through diffusers' / transformers' quantization configs; they then compute in bfloat16 where
+    `dtype` is float32 (see models.quantization)."""
+    from .quantization import check_scheme
+
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
+    check_scheme(quantize, device)
     if str(source) == "tiny":
         # Built in float32 on the CPU; move/cast only when asked (casting diffusers models warns).
-        return build_tiny_backbone(tiny_spec or TinySpec()).to(
-            device=None if str(device) == "cpu" else device, dtype=None if dtype == torch.float32 else dtype
-        )
+        backbone = build_tiny_backbone(tiny_spec or TinySpec())
+        if quantize != "none":
+            _quantize_in_place(backbone, quantize, dtype, device)
+        return _move_unquantized(backbone, device, None if dtype == torch.float32 else dtype)
     folder = check_backbone_folder(source)
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -189,18 +205,72 @@ def load_backbone(
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackboneError(f"cannot load {COMPONENTS[name]} from {folder / name}: {first}") from None
 
+    from .quantization import compute_dtype, diffusers_config
+
     kw = dict(local_files_only=True, torch_dtype=dtype)
+    # quantized components load straight onto the device: bitsandbytes places them itself
+    qdtype = compute_dtype(quantize, dtype)
+    qkw = dict(kw, torch_dtype=qdtype) if quantize == "none" else dict(
+        kw, torch_dtype=qdtype, device_map={"": torch.device(device)})
     backbone = Backbone(
-        transformer=load("transformer", lambda p: FluxTransformer2DModel.from_pretrained(p, **kw)),
+        transformer=load("transformer", lambda p: FluxTransformer2DModel.from_pretrained(
+            p, quantization_config=diffusers_config(quantize, qdtype), **qkw)),
         vae=load("vae", lambda p: AutoencoderKL.from_pretrained(p, **kw)),
         text_encoder=load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, **kw)),
         tokenizer=load("tokenizer", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True)),
-        text_encoder_2=load("text_encoder_2", lambda p: T5EncoderModel.from_pretrained(p, **kw)),
+        text_encoder_2=load("text_encoder_2", lambda p: _load_t5(p, T5EncoderModel, quantize, qdtype, device, kw)),
         tokenizer_2=load("tokenizer_2", lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True)),
         scheduler=load("scheduler", lambda p: FlowMatchEulerDiscreteScheduler.from_pretrained(p, local_files_only=True)),
         source=str(folder),
+        quantize=quantize,
     )
-    return backbone.to(device=None if str(device) == "cpu" else device)
+    return _move_unquantized(backbone, device, None)
+
+
+def _load_t5(path, cls, quantize: str, qdtype: torch.dtype, device, kw: dict):
+    from .quantization import transformers_config
+
+    if quantize == "none":
+        return cls.from_pretrained(path, **kw)
+    kw = {k: v for k, v in kw.items() if k != "torch_dtype"}
+    return cls.from_pretrained(path, dtype=qdtype, quantization_config=transformers_config(quantize, qdtype),
+                               device_map={"": torch.device(device)}, **kw)
+
+
+def _move_unquantized(backbone: Backbone, device, dtype: Optional[torch.dtype]) -> Backbone:
+    """Move (and cast) the components that are not quantized; quantized ones already sit where they
+    were loaded (a quantized weight is not cast)."""
+    kwargs = {k: v for k, v in (("device", None if str(device) == "cpu" else device), ("dtype", dtype)) if v is not None}
+    if kwargs:
+        quantized = ("transformer", "text_encoder_2") if backbone.quantize != "none" else ()
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            if name not in quantized:
+                getattr(backbone, name).to(**kwargs)
+    return backbone
+
+
+def _quantize_in_place(backbone: Backbone, quantize: str, dtype: torch.dtype, device) -> None:
+    """The tiny preset's transformer and T5, quantized by the same loaders a folder goes through:
+    saved to a temporary folder and loaded back with the quantization configs."""
+    import tempfile
+
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    from .quantization import compute_dtype, diffusers_config
+
+    qdtype = compute_dtype(quantize, dtype)
+    kw = dict(local_files_only=True, torch_dtype=torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone.transformer.save_pretrained(os.path.join(tmp, "transformer"))
+        backbone.text_encoder_2.save_pretrained(os.path.join(tmp, "text_encoder_2"))
+        backbone.transformer = FluxTransformer2DModel.from_pretrained(
+            os.path.join(tmp, "transformer"), quantization_config=diffusers_config(quantize, qdtype),
+            **dict(kw, torch_dtype=qdtype, device_map={"": torch.device(device)})).eval()
+        backbone.text_encoder_2 = _load_t5(os.path.join(tmp, "text_encoder_2"), T5EncoderModel, quantize, qdtype,
+                                           device, kw).eval()
+    backbone.quantize = quantize
+    backbone._pipeline = None
 
 
 # --------------------------------------------------------------------------------------------

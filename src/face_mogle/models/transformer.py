@@ -77,9 +77,35 @@ def lora_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(transformer: nn.Module, path: str | os.PathLike) -> None:
+    """Write the LoRA file, recording the quantization of the base it was trained on."""
     from ..utils import atomic_save_safetensors
+    from .quantization import quantized_scheme
 
-    atomic_save_safetensors(lora_state_dict(transformer), path, metadata={"format": "pt"})
+    atomic_save_safetensors(lora_state_dict(transformer), path,
+                            metadata={"format": "pt", "base_quantization": quantized_scheme(transformer)})
+
+
+def _check_base_quantization(transformer: nn.Module, path: Path) -> None:
+    """A LoRA learns the residual of the base it was trained on. One trained on a plain base and
+    sampled on a weight-quantized one is the point of quantization (the images move a little), and
+    the reverse works too: both are allowed, with a one-line warning naming the difference. Files
+    without the record (the official release, older runs) were trained on a plain base."""
+    import logging
+
+    from safetensors import safe_open
+
+    from .quantization import quantized_scheme
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            saved = (f.metadata() or {}).get("base_quantization", "none")
+    except Exception:
+        return  # read_safetensors names an unreadable file
+    here = quantized_scheme(transformer)
+    if saved != here:
+        logging.getLogger("face_mogle").warning(
+            f"warning: LoRA file {path} was trained on a base quantized as {saved}; the base is loaded as {here} "
+            f"(images differ slightly from the training base's; --quantize {saved} matches it)")
 
 
 def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> None:
@@ -92,6 +118,7 @@ def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str
     if not path.is_file():
         raise FileNotFoundError(f"LoRA weights not found: {path}")
     state = read_safetensors(path)
+    _check_base_quantization(transformer, path)
     ours = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
     if not ours:
         raise ValueError(f"{path} holds no 'transformer.*' LoRA keys")

@@ -25,6 +25,7 @@ from ..config import Config, save_config, to_dict
 from ..encoding import image_ids, text_ids
 from ..models.builder import load_backbone
 from ..models.face_mogle import FaceMoGLE
+from ..models.quantization import QuantizationError
 from ..models.transformer import three_stream_forward
 from ..utils import DTYPES, atomic_write
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
@@ -219,7 +220,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial LoRA/MoGLE weights on every rank
         base_mode = cfg.train.mode == "base"
         weight_dtype = torch.float32 if base_mode else DTYPES[cfg.dtype]
-        self.backbone = load_backbone(cfg.pretrained, dtype=weight_dtype, device=acc.device)
+        if base_mode and cfg.model.quantize != "none":
+            raise TrainingError(f"train.mode base trains every weight of the transformer: it cannot be quantized "
+                                f"(model.quantize is {cfg.model.quantize}; set it to none)")
+        try:
+            self.backbone = load_backbone(cfg.pretrained, dtype=weight_dtype, device=acc.device,
+                                          quantize=cfg.model.quantize)
+        except QuantizationError as err:
+            raise TrainingError(str(err)) from None
         tr = self.backbone.transformer
         if base_mode:
             model = BaseTextToImage(tr)

@@ -263,6 +263,7 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
         gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
+        quantize=pipe.backbone.quantize, offload=pipe.offload,
         global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
         output=str(out), gates=None if gates_path is None else str(gates_path),
         gate_mean=None if not result.gate_weights else [round(float(v), 6) for v in result.gate_weights[0].mean(0)],
@@ -298,6 +299,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
         paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
+        quantize=pipe.backbone.quantize, offload=pipe.offload,
         global_map=pipe.cfg.model.global_map, local_maps=pipe.cfg.sample.local_maps,
         output=str(out), seconds=round(seconds, 3), load_seconds=round(load_seconds, 3),
     )

@@ -192,15 +192,16 @@ def render_stored(path_or_image: Any, size: int | tuple[int, int] | None = None)
             _image_to_labels(img, name)  # the same validation as the labels
             rgb = img.convert("RGB")
     elif isinstance(path_or_image, Image.Image):
-        _image_to_labels(path_or_image, getattr(path_or_image, "filename", "") or "<image>")
+        name = getattr(path_or_image, "filename", "") or "<image>"
+        _image_to_labels(path_or_image, name)
         rgb = path_or_image.convert("RGB")
     else:
-        labels = load_label_map(path_or_image)
-        rgb = Image.fromarray(labels, "L").convert("RGB")
+        name = _ARRAY_NAME
+        rgb = Image.fromarray(load_label_map(path_or_image), "L").convert("RGB")
     if size is not None:
         h, w = _target_hw(size)
         if h <= 0 or w <= 0:
-            raise _fail(getattr(rgb, "filename", "") or _ARRAY_NAME, f"invalid target size {size}")
+            raise _fail(name, f"invalid target size {size}")
         if (h, w) != (rgb.height, rgb.width):
             rgb = rgb.resize((w, h), Image.NEAREST)
     return np.array(rgb, dtype=np.uint8)

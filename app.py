@@ -83,11 +83,15 @@ class Demo:
         self.pipe = pipe
         self.examples = examples
 
+    def _mask_path(self, mask_file, example):
+        """The chosen mask file (upload first, then the picked example), or None."""
+        return upload_path(mask_file) if mask_file else (self.examples[example][0] if example in self.examples else None)
+
     def _labels(self, mask_file, example):
-        """The chosen mask as labels (upload first, then the picked example), or None."""
+        """The chosen mask as labels, or None."""
         from face_mogle.data.masks import load_label_map
 
-        path = upload_path(mask_file) if mask_file else (self.examples[example][0] if example in self.examples else None)
+        path = self._mask_path(mask_file, example)
         if path is None:
             return None, None
         shown = Path(path).name if mask_file else f"example '{example}'"
@@ -136,7 +140,8 @@ class Demo:
             callback = None
             if progress is not None:
                 callback = lambda done, total: progress(done / total, desc=f"step {done}/{total}")  # noqa: E731
-            out = self.pipe(prompt or "", labels, seeds=[seed], steps=steps, guidance=float(guidance),
+            # the file itself, not its labels: `model.global_map: stored` renders it as stored
+            out = self.pipe(prompt or "", self._mask_path(mask_file, example), seeds=[seed], steps=steps, guidance=float(guidance),
                             condition_scale=float(condition_scale), size=size, batch_size=1,
                             return_gates=True, on_step=callback)
         except user_errors() as err:

@@ -262,7 +262,7 @@ def test_inference_writes_image_and_sidecar(tiny_run, tmp_path):  # noqa: F811
     assert (meta["seed"], meta["steps"], meta["size"], meta["guidance"]) == (5, 2, 24, 3.5)
     assert meta["gate_timestep_scale"] == 1000.0 and meta["mode"] == "mask+text" and meta["backbone"] == "tiny"
     # the preset's keys, with the command line's --set applied after it
-    assert (meta["local_maps"], meta["global_map"], meta["mask_latent"]) == ("blank", "palette", "mode")
+    assert (meta["local_maps"], meta["global_map"], meta["mask_latent"]) == ("blank", "stored", "mode")
     assert meta["condition_scale"] == 1.0 and meta["seconds"] > 0 and len(meta["gate_mean"]) == 20
     assert meta["cfg_scale"] == 1.0 and meta["text_cfg_scale"] == 1.0
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left

@@ -282,8 +282,9 @@ def test_official_sampler_preset_sets_all_four_and_blanks_local_maps(tiny_run):
     official = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=preset_overrides(preset))
     cfg = official.cfg
     assert (cfg.model.gate_timestep_scale, cfg.model.global_map, cfg.sample.mask_latent, cfg.sample.local_maps) == \
-        (1000.0, "palette", "sample", "blank")
-    ours = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=["sample.mask_latent=sample"])
+        (1000.0, "stored", "sample", "blank")
+    # an array has no file: "stored" renders it as its grey L file would
+    ours = FaceMoGLEPipeline.from_run(tiny_run, device="cpu", overrides=["sample.mask_latent=sample", "model.global_map=gray"])
     labels = draw_mask(3, SIZE)
     gens = lambda: [torch.Generator().manual_seed(0)]  # noqa: E731
     blank, real = official.encode_masks([labels], SIZE, gens()), ours.encode_masks([labels], SIZE, gens())

@@ -64,7 +64,8 @@ class ModelConfig:
     # [0,1000]. 1.0 is the consistent choice; 1000.0 reproduces the official sampler.
     gate_timestep_scale: float = 1.0
     # "palette": classes in palette colours (the official code's global map for the data set's
-    # palette-indexed masks, what the released weights saw); "gray": label/255 grey
+    # palette-indexed masks, what the released weights saw); "gray": label/255 grey; "stored": the
+    # mask file rendered as stored, Image.open(f).convert("RGB") (sampling only; data/masks.py)
     global_map: str = "palette"
     # Initial gate weight of the global expert (0 = the official initialisation, about 1/20);
     # only the starting point of training: weights files do not depend on it.
@@ -323,7 +324,7 @@ def validate(cfg: Config) -> None:
 
         raise ConfigError(f"config key 'model.global_map': {RENAMED_GLOBAL_MODE}. Set model.global_map: gray to "
                           "keep what this config did, or palette for the released weights")
-    _choice("model.global_map", cfg.model.global_map, ("palette", "gray"))
+    _choice("model.global_map", cfg.model.global_map, ("palette", "gray", "stored"))
     _choice("model.experts", cfg.model.experts, ("all", "global", "local"))
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
     _choice("train.loss_weighting", cfg.train.loss_weighting, ("none", "regions"))

@@ -130,7 +130,8 @@ class _Editor:
         self.size, self.inversion, self.margin, self.paste_back = size, inversion, margin, paste_back
 
     @torch.inference_mode()
-    def batch(self, faces, sources, targets, areas, prompts, source_prompts, seeds, step_done) -> list:
+    def batch(self, faces, sources, targets, areas, prompts, source_prompts, seeds, step_done,
+              stored_sources=None, stored_targets=None) -> list:
         pipe, size = self.pipe, self.size
         device = pipe.device
         noise, generators = zip(*(pipe.initial_noise(s, size) for s in seeds))
@@ -148,13 +149,13 @@ class _Editor:
         t5_all, pooled_all = encode_prompts(pipe.backbone, texts, pipe.cfg.sample.max_sequence_length, device=device)
         pick = lambda ps: (t5_all[[texts.index(p) for p in ps]], pooled_all[[texts.index(p) for p in ps]])  # noqa: E731
         cond = pipe.conditions(*pick(prompts), targets, generators, size, self.guidance, self.condition_scale,
-                               *self.cfg_scales)
+                               *self.cfg_scales, stored=stored_targets)
 
         # The source's path: its latents at sigmas[i] for i >= start (index i - start).
         if self.inversion == "ode":
             # the same guided field as the way forward, so that an unedited face comes back
             src = pipe.conditions(*pick(source_prompts), sources, generators, size, self.guidance, self.condition_scale,
-                                  *self.cfg_scales)
+                                  *self.cfg_scales, stored=stored_sources)
             path = [x0]
             x = x0
             for i in range(self.steps - 1, start - 1, -1):  # sigma_{i+1} → sigma_i, velocity at sigma_{i+1}
@@ -261,6 +262,8 @@ def edit(
     faces = [load_face(im, size) for im in cols["images"]]
     targets = [pipe.load_mask(m, size) for m in cols["masks"]]
     sources = [pipe.load_mask(m, size) for m in cols["source masks"]]
+    stored_targets = [pipe.stored_map(m, size) for m in cols["masks"]]  # global_map: stored only
+    stored_sources = [pipe.stored_map(m, size) for m in cols["source masks"]]
     areas = [edit_area(s, t, r) for s, t, r in zip(sources, targets, region_ids)]
 
     run_steps = min(steps, max(1, round(steps * strength)))  # the last run_steps of the schedule, as img2img counts
@@ -282,7 +285,8 @@ def edit(
         for b in range(0, n, batch_size):
             sl = slice(b, b + batch_size)
             images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
-                                   cols["source prompts"][sl], seeds[sl], step_done)
+                                   cols["source prompts"][sl], seeds[sl], step_done, stored_sources[sl],
+                                   stored_targets[sl])
     settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
                     cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale,
                     size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),

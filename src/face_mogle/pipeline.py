@@ -7,7 +7,8 @@
 What happens, per batch of images (DESIGN §2 "Sampling"):
   1. prompts → T5 sequence + pooled CLIP vector, once per distinct prompt of the call;
   2. masks → 20-map condition stack → VAE posterior mode (or a sample) → mask latents, once per image;
-     no mask (None) = text-only mode: all 20 maps are zero images;
+     no mask (None) = text-only mode: all 20 maps are zero images; with `model.global_map: stored`
+     the global map is the mask file as stored (`masks.render_stored`; an array: its grey labels);
   3. noise: image i starts from torch.randn drawn by its own CPU generator seeded with seeds[i], so
      an image depends on its seed only, never on its batch or position;
   4. FLUX Euler flow matching: sigmas linspace(1, 1/steps) shifted by mu (from the image token count,
@@ -35,7 +36,7 @@ import torch
 from PIL import Image
 
 from .config import Config, ConfigError, load_config
-from .data.masks import MaskError, condition_stack_torch, load_label_map
+from .data.masks import MaskError, condition_stack_torch, load_label_map, render_stored
 from .encoding import decode_tokens, encode_distribution, encode_prompts, image_ids, latent_tokens, pack, text_ids, unread_words
 from .labels import NUM_MAPS, PALETTE
 from .models.builder import Backbone, load_backbone
@@ -336,6 +337,14 @@ class FaceMoGLEPipeline:
             return None
         return load_label_map(mask, size)
 
+    def stored_map(self, mask: Any, size: int) -> Optional[np.ndarray]:
+        """With `model.global_map: stored`, the mask as stored, uint8 size × size × 3 (a file:
+        Image.open(f).convert("RGB"); an array: its grey labels, see masks.render_stored); None
+        otherwise or without a mask. The global map can only be rendered so from the file itself."""
+        if mask is None or self.cfg.model.global_map != "stored":
+            return None
+        return render_stored(mask, size)
+
     def timesteps(self, steps: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(model timesteps in [0,1] [steps], sigmas [steps+1] ending at 0) as FluxPipeline sets them."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -363,14 +372,21 @@ class FaceMoGLEPipeline:
         return pack(torch.randn((1, self.backbone.latent_channels, side, side), generator=g)), g
 
     @torch.inference_mode()
-    def encode_masks(self, labels: list[Optional[np.ndarray]], size: int, generators: list) -> torch.Tensor:
-        """Label maps (None = all-zero maps) → mask latents [B, 20, N, C], float32 on the device."""
+    def encode_masks(self, labels: list[Optional[np.ndarray]], size: int, generators: list,
+                     stored: Optional[list] = None) -> torch.Tensor:
+        """Label maps (None = all-zero maps) → mask latents [B, 20, N, C], float32 on the device.
+        `stored`: per map its `stored_map` (None, or no list: rendered from the labels, as an array)."""
         stacks = []
-        for lab in labels:
+        mode = self.cfg.model.global_map
+        for i, lab in enumerate(labels):
             if lab is None:
                 stacks.append(torch.zeros(NUM_MAPS, 3, size, size))
             else:
-                stack = condition_stack_torch(torch.from_numpy(np.array(lab)), self.cfg.model.global_map)
+                rgb = None
+                if mode == "stored":
+                    rgb = stored[i] if stored is not None and stored[i] is not None else render_stored(lab)
+                    rgb = torch.from_numpy(np.array(rgb))
+                stack = condition_stack_torch(torch.from_numpy(np.array(lab)), mode, stored=rgb)
                 if self.cfg.sample.local_maps == "blank":
                     stack[1:] = 0  # the official sampler's blank local maps (DESIGN §3)
                 stacks.append(stack)
@@ -447,6 +463,7 @@ class FaceMoGLEPipeline:
         if bad is not None:
             raise SamplingError(f"seeds must be in 0..2**63-1, got {bad}")
         labels = [self.load_mask(m, size) for m in masks]  # validate every mask before any work
+        stored = [self.stored_map(m, size) for m in masks]
 
         # Text encoders run once per distinct prompt of the call; an embedding is dropped after the
         # last batch that needs it, so memory stays bounded on long lists.
@@ -489,7 +506,7 @@ class FaceMoGLEPipeline:
 
             batch_images, batch_gates = self._generate_batch(
                 t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, (cfg_scale, text_cfg_scale),
-                return_gates, gate_step, step_done, empty_text,
+                return_gates, gate_step, step_done, empty_text, stored[sl],
             )
             images += batch_images
             if return_gates and batch_gates is not None:
@@ -519,14 +536,16 @@ class FaceMoGLEPipeline:
         return edit(self, images, masks, prompts, source_masks, **kwargs)
 
     def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
-                   cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None, empty_text=None) -> "Conditions":
+                   cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None, empty_text=None,
+                   stored: Optional[list] = None) -> "Conditions":
         """Everything the transformer reads besides the latents and t, for a batch (on the device);
         with guidance also the batches it is guided away from: the unconditional one (empty prompt, no
         mask) and, where the prompt has its own weight (`text_cfg_scale` ≠ `cfg_scale`) and the batch
         a mask, the mask-only one (the mask, empty prompt). `text_cfg_scale` None = `cfg_scale`.
-        `empty_text`: the empty prompt's (T5, pooled) encoding, if already made (else it is encoded here)."""
+        `empty_text`: the empty prompt's (T5, pooled) encoding, if already made (else it is encoded here);
+        `stored`: the masks' `stored_map`s (see encode_masks)."""
         device, dtype = self.device, self.dtype
-        mask_latents = self.encode_masks(labels, size, list(generators))
+        mask_latents = self.encode_masks(labels, size, list(generators), stored)
         mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
         b = len(labels)
         guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
@@ -585,13 +604,13 @@ class FaceMoGLEPipeline:
 
     @torch.inference_mode()
     def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scales,
-                        return_gates, gate_step, step_done, empty_text=None):
+                        return_gates, gate_step, step_done, empty_text=None, stored=None):
         device = self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
         with self.placed("vae"):
             cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, *cfg_scales,
-                                   empty_text=empty_text)
+                                   empty_text=empty_text, stored=stored)
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
         with self.placed("transformer"):
             latents, gate_sum = self._denoise(latents, timesteps, sigmas, cond, return_gates, gate_step, step_done)

@@ -51,7 +51,7 @@ from ..labels import NUM_CLASSES, NUM_MAPS
 from ..utils import DTYPES, atomic_save_safetensors, atomic_write, update_hash
 from .dataset import (DataError, SampleChoice, check_files, load_face, read_captions, read_split, sample_choice,
                       split_spec)
-from .masks import MaskError, condition_stack_torch, load_label_map
+from .masks import STORED_IS_SAMPLING_ONLY, MaskError, condition_stack_torch, load_label_map
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -671,6 +671,8 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
 
     from ..models.builder import load_backbone
 
+    if cfg.model.global_map == "stored":
+        raise CacheError(f"model.global_map {STORED_IS_SAMPLING_ONLY}")
     cache_dir = require_cache_dir(cfg)
     if batch_size < 1:
         raise CacheError(f"--batch_size must be >= 1, got {batch_size}")

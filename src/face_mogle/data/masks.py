@@ -21,8 +21,15 @@ from face_mogle.utils import atomic_write
 # "palette": the classes in CelebAMask-HQ palette colours — what the official code's
 # Image.open(mask).convert("RGB") gives for the data set's palette-indexed masks (DESIGN §2–§3),
 # so what the released weights saw; "gray": label / 255, what convert("RGB") gives for an 8-bit
-# grey label map (a nearly black image).
-GLOBAL_MODES = ("palette", "gray")
+# grey label map (a nearly black image); "stored": the mask file rendered as it is stored, i.e.
+# Image.open(mask).convert("RGB") itself for every file (palette colours for a P file, grey for an L
+# file, its own colours for an RGB file) — the official sampler's global map whatever the file.
+# "stored" needs the file's pixels (`render_stored`), so it is a sampling setting only.
+GLOBAL_MODES = ("palette", "gray", "stored")
+STORED_IS_SAMPLING_ONLY = (
+    "'stored' (the mask file rendered as stored) is for sampling only: training builds its maps from "
+    "label arrays; use palette (what MM-CelebA-HQ's palette-indexed masks render as) or gray (grey label PNGs)"
+)
 RENAMED_GLOBAL_MODE = (
     "'official' was renamed: it meant the label/255 grey map, now called 'gray'; the official code's "
     "global map is the mask in palette colours, now 'palette' (the default, what the released weights saw)"
@@ -170,6 +177,36 @@ def load_label_map(path_or_image: Any, size: int | tuple[int, int] | None = None
     return labels
 
 
+def render_stored(path_or_image: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+    """The mask as it is stored, in RGB: uint8 [H, W, 3] (the `global_map: stored` map, x 255).
+
+    A file: exactly `Image.open(path).convert("RGB")` (palette colours for a P file, label grey for
+    an L file, the file's own colours for an RGB file); a PIL image: `image.convert("RGB")`. A label
+    array or tensor has no file: it renders as the L file `save_label_map` would write of it (grey
+    label values). `size` resizes with nearest neighbour, picking the same pixels as `load_label_map`.
+    Raises MaskError with a one-line message on input `load_label_map` would refuse.
+    """
+    if isinstance(path_or_image, (str, os.PathLike)):
+        name = str(path_or_image)
+        with _open(Path(path_or_image)) as img:
+            _image_to_labels(img, name)  # the same validation as the labels
+            rgb = img.convert("RGB")
+    elif isinstance(path_or_image, Image.Image):
+        name = getattr(path_or_image, "filename", "") or "<image>"
+        _image_to_labels(path_or_image, name)
+        rgb = path_or_image.convert("RGB")
+    else:
+        name = _ARRAY_NAME
+        rgb = Image.fromarray(load_label_map(path_or_image), "L").convert("RGB")
+    if size is not None:
+        h, w = _target_hw(size)
+        if h <= 0 or w <= 0:
+            raise _fail(name, f"invalid target size {size}")
+        if (h, w) != (rgb.height, rgb.width):
+            rgb = rgb.resize((w, h), Image.NEAREST)
+    return np.array(rgb, dtype=np.uint8)
+
+
 def save_label_map(labels: Any, path: str | os.PathLike) -> None:
     """Write labels as an L-mode PNG, atomically (temp file in the same folder, then rename)."""
     arr = load_label_map(labels) if not isinstance(labels, np.ndarray) else _check_labels(labels, str(path))
@@ -180,29 +217,42 @@ def save_label_map(labels: Any, path: str | os.PathLike) -> None:
 # Condition stack
 
 
-def _check_mode(global_mode: str) -> None:
+def _check_mode(global_mode: str, stored: Any = None) -> None:
     if global_mode == "official":
         raise ValueError(f"global_mode {RENAMED_GLOBAL_MODE}")
     if global_mode not in GLOBAL_MODES:
         raise ValueError(f"global_mode must be one of {GLOBAL_MODES}, got {global_mode!r}")
+    if (global_mode == "stored") != (stored is not None):
+        raise ValueError("global_mode 'stored' needs the mask as stored (render_stored), and only it takes one")
 
 
-def condition_stack(labels: Any, global_mode: str = "palette") -> np.ndarray:
+def _check_stored(stored_shape: tuple, labels_shape: tuple) -> None:
+    if tuple(stored_shape) != (*labels_shape, 3):
+        raise MaskError(f"{_ARRAY_NAME}: the mask as stored must be uint8 {(*labels_shape, 3)} "
+                        f"(the labels' size, RGB), got {tuple(stored_shape)}")
+
+
+def condition_stack(labels: Any, global_mode: str = "palette", stored: Any = None) -> np.ndarray:
     """Label map [H, W] -> float32 [20, 3, H, W] in [0, 1] (DESIGN §2).
 
     Index 0, global map: "palette" = PALETTE colour / 255 (the data set's palette-indexed mask
-    converted to RGB, as the official code does); "gray" = label / 255 on all 3 channels.
+    converted to RGB, as the official code does); "gray" = label / 255 on all 3 channels;
+    "stored" = `stored` / 255, the mask as stored (uint8 [H, W, 3] from `render_stored`).
     Index c + 1, local map of class c: 1.0 where label == c, else 0, on all 3 channels.
     A torch tensor input ([H, W] or [B, H, W]) is handed to `condition_stack_torch`.
     """
     if _is_torch(labels):
-        return condition_stack_torch(labels, global_mode)
-    _check_mode(global_mode)
+        return condition_stack_torch(labels, global_mode, stored=stored)
+    _check_mode(global_mode, stored)
     labels = _check_labels(np.asarray(labels), _ARRAY_NAME)
     h, w = labels.shape
     out = np.empty((NUM_MAPS, 3, h, w), dtype=np.float32)
     if global_mode == "gray":
         out[0] = labels.astype(np.float32) / 255.0
+    elif global_mode == "stored":
+        stored = np.asarray(stored)
+        _check_stored(stored.shape, labels.shape)
+        out[0] = stored.transpose(2, 0, 1).astype(np.float32) / 255.0
     else:
         out[0] = PALETTE[labels].transpose(2, 0, 1).astype(np.float32) / 255.0
     onehot = labels[None] == np.arange(NUM_CLASSES, dtype=np.uint8)[:, None, None]
@@ -210,12 +260,13 @@ def condition_stack(labels: Any, global_mode: str = "palette") -> np.ndarray:
     return out
 
 
-def condition_stack_torch(labels, global_mode: str = "palette", dtype=None):
+def condition_stack_torch(labels, global_mode: str = "palette", dtype=None, stored=None):
     """Torch version of `condition_stack`: labels [B, H, W] (or [H, W]) -> [B, 20, 3, H, W].
 
+    `stored` (global_mode "stored" only): uint8 [B, H, W, 3] (or [H, W, 3]), the masks as stored.
     Stays on the labels' device; dtype defaults to float32.
     """
-    _check_mode(global_mode)
+    _check_mode(global_mode, stored)
     dtype = dtype or torch.float32
     if labels.dim() not in (2, 3):
         raise _fail(_ARRAY_NAME, f"expected labels [H, W] or [B, H, W], got shape {tuple(labels.shape)}")
@@ -233,6 +284,12 @@ def condition_stack_torch(labels, global_mode: str = "palette", dtype=None):
 
     if global_mode == "gray":
         glob = (labels.to(dtype) / 255.0)[:, None].expand(-1, 3, -1, -1)
+    elif global_mode == "stored":
+        stored = torch.as_tensor(stored).to(labels.device)
+        if unbatched:
+            stored = stored[None]
+        _check_stored(stored.shape, labels.shape)
+        glob = stored.permute(0, 3, 1, 2).to(dtype) / 255.0
     else:
         palette = torch.as_tensor(PALETTE, device=labels.device).to(dtype) / 255.0
         glob = palette[labels].permute(0, 3, 1, 2)
@@ -246,8 +303,11 @@ def labels_from_stack(stack: Any, global_mode: str | None = "palette") -> np.nda
     """Inverse of `condition_stack`: [20, 3, H, W] (or [B, 20, 3, H, W]) -> uint8 [H, W] ([B, H, W]).
 
     The local maps decide; every pixel must be on in exactly one of them. The global map is
-    checked against the result in the given mode (None skips that check).
+    checked against the result in the given mode (None skips that check; "stored" cannot be
+    checked without the file, so it is refused: pass None).
     """
+    if global_mode == "stored":
+        raise ValueError("a 'stored' global map depends on the mask file: check it with global_mode=None")
     if global_mode is not None:
         _check_mode(global_mode)
     arr = stack.detach().cpu().float().numpy() if _is_torch(stack) else np.asarray(stack, dtype=np.float32)

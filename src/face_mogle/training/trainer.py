@@ -168,6 +168,10 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
+        if cfg.model.global_map == "stored":
+            from ..data.masks import STORED_IS_SAMPLING_ONLY
+
+            raise TrainingError(f"model.global_map {STORED_IS_SAMPLING_ONLY}")
         self.cfg = cfg
         self.run_dir = Path(cfg.train.runs_dir) / cfg.name
         self.fail_save_at = fail_save_at  # tests: simulate a crash while saving this step

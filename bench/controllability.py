@@ -258,6 +258,8 @@ def main() -> int:
                    help="classifier-free guidance for every run, also the prompt's weight unless --text_cfg_scale is given (default: each run's sample.cfg_scale)")
     p.add_argument("--text_cfg_scale", type=float, default=None,
                    help="the prompt's own guidance weight for every run (default: each run's sample.text_cfg_scale)")
+    p.add_argument("--quantize", default=None, choices=["none", "int8", "fp8", "nf4"],
+                   help="sample every run on a weight-only quantized base (default: each run's model.quantize)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--swap_num", type=int, default=40,
@@ -284,7 +286,7 @@ def main() -> int:
         text_w = args.cfg_scale if args.text_cfg_scale is None else args.text_cfg_scale
         overrides = [f"sample.{k}={v}" for k, v in (("cfg_scale", args.cfg_scale), ("text_cfg_scale", text_w))
                      if v is not None]
-        pipe = FaceMoGLEPipeline.from_run(run, device=args.device, overrides=overrides)
+        pipe = FaceMoGLEPipeline.from_run(run, device=args.device, overrides=overrides, quantize=args.quantize)
         cfg_scales[run] = pipe.guidance_scales()
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)

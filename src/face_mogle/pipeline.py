@@ -57,12 +57,14 @@ def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
         return []
     import yaml
 
+    from .config import load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise SamplingError(f"preset not found: {path} (e.g. configs/official-sampler.yaml)") from None
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, ConfigError) as err:
         raise SamplingError(f"preset {path} is not readable YAML: {one_line(err)}") from None
     if not isinstance(data, dict):
         raise SamplingError(f"preset {path} must hold a mapping of config keys")

@@ -214,6 +214,9 @@ class SampleConfig:
     # Largest image side a sampler accepts: FLUX.1-dev is trained up to ~2 MP; past this a typo such
     # as 4096 would allocate gigabytes (and on a CPU, hold the demo's queue for minutes)
     max_size: int = 2048
+    # Largest input image (face or mask, width x height) a command reads, checked on the file's header
+    # before decoding: a small file can declare a huge image (the default is 4096 x 4096)
+    max_input_pixels: int = 16777216
 
 
 @dataclass
@@ -443,6 +446,7 @@ def validate(cfg: Config) -> None:
         ("train.keep_checkpoints", cfg.train.keep_checkpoints),
         ("model.lora.r", cfg.model.lora.r),
         ("sample.steps", cfg.sample.steps),
+        ("sample.max_input_pixels", cfg.sample.max_input_pixels),
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")

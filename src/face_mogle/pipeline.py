@@ -83,7 +83,9 @@ def user_errors() -> tuple[type, ...]:
     """Exception types whose message is meant for the user (the CLIs print them as one line)."""
     from .models.builder import BackboneError
 
-    return (SamplingError, ConfigError, BackboneError, MaskError)
+    from .image_files import ImageFileError
+
+    return (SamplingError, ConfigError, BackboneError, MaskError, ImageFileError)
 
 
 def one_line(err: BaseException) -> str:
@@ -293,7 +295,7 @@ class FaceMoGLEPipeline:
         """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
         if mask is None:
             return None
-        return load_label_map(mask, size)
+        return load_label_map(mask, size, self.cfg.sample.max_input_pixels)
 
     def timesteps(self, steps: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(model timesteps in [0,1] [steps], sigmas [steps+1] ending at 0) as FluxPipeline sets them."""

@@ -48,6 +48,12 @@ DEFAULT_RUN = HERE / "checkpoints" / "face-mogle-tiny"
 EXAMPLES_DIR = HERE / "assets" / "examples"
 TEXT_ONLY = "(none: text-only mode)"
 DEFAULT_WEIGHTS_DIR = HERE / "checkpoints" / "eval"  # the eval suite's models (the segformer face parser)
+# Serving limits: an upload past MAX_UPLOAD is refused by gradio; at most QUEUE_SIZE requests wait for
+# the one worker; uploads and outputs are deleted KEEP_FILES[1] s after they were made (checked every
+# KEEP_FILES[0] s) from the demo's own temp folder, which goes when the demo stops.
+MAX_UPLOAD = "20mb"
+QUEUE_SIZE = 16
+KEEP_FILES = (600, 3600)
 
 
 def unread_note(pipe, prompt) -> str:
@@ -95,7 +101,7 @@ class Demo:
         if path is None:
             return None, None
         shown = Path(path).name if mask_file else f"example '{example}'"
-        return load_label_map(path), shown
+        return load_label_map(path, max_pixels=self.pipe.cfg.sample.max_input_pixels), shown
 
     def preview(self, mask_file, example):
         """(coloured mask, status) for the mask the next generation will use."""
@@ -291,6 +297,7 @@ class EditDemo:
         self.pipe = pipe
         self.example = example
         self.weights_dir = str(weights_dir)
+        self.bound = pipe.cfg.sample.max_input_pixels  # on every uploaded image, checked before decoding
 
     def default_parser(self) -> str:
         """segformer (real faces) when its weights are there, else synthfaces (SynthFaces renders, no weights)."""
@@ -309,33 +316,45 @@ class EditDemo:
                 "Paint on it with the class colours, or upload an edited mask, then press **Edit**.")
 
     def load_example(self):
-        """(face, source-mask file, source state, painting, prompt, source prompt, edited-mask file, status)."""
+        """(face file, face view, source-mask file, source state, painting, prompt, source prompt,
+        edited-mask file, status)."""
         import gradio as gr
-        import numpy as np
         from face_mogle.data.masks import load_label_map
-        from face_mogle.editing import read_face
+        from face_mogle.editing import load_face
         from face_mogle.pipeline import one_line, user_errors
 
         if self.example is None:
             gr.Warning("no edit example shipped (assets/examples/edit/)")
-            return (gr.update(),) * 7 + ("**Error:** no edit example shipped (assets/examples/edit/).",)
+            return (gr.update(),) * 8 + ("**Error:** no edit example shipped (assets/examples/edit/).",)
         face_path, mask_path, caption = self.example
         try:
-            face = np.asarray(read_face(face_path))
-            source = {"labels": load_label_map(mask_path), "name": "the example's mask"}
+            face = load_face(face_path, None, self.bound)
+            source = {"labels": load_label_map(mask_path, max_pixels=self.bound), "name": "the example's mask"}
         except user_errors() as err:
             gr.Warning(one_line(err))
-            return (gr.update(),) * 7 + (f"**Error:** {one_line(err)}",)
-        return (face, None, source, editor_value(source["labels"]), caption, caption, None,
+            return (gr.update(),) * 8 + (f"**Error:** {one_line(err)}",)
+        return (str(face_path), face, None, source, editor_value(source["labels"]), caption, caption, None,
                 f"Example loaded. {self._source_status(source)}")
 
     def new_face(self, face):
-        """A new face invalidates the source mask: (source-mask file, state, painting, status)."""
+        """A new face (an uploaded file, read here: upright, bounded, 16-bit scaled; or an array) invalidates
+        the source mask: (face view, source-mask file, state, painting, status)."""
+        import gradio as gr
+        import numpy as np
+        from face_mogle.editing import read_face
+        from face_mogle.pipeline import one_line, user_errors
+
+        face = upload_path(face) if not hasattr(face, "shape") else face
         if face is None:
-            return None, None, None, "No face: upload one, or load the example."
-        h, w = face.shape[:2]
+            return None, None, None, None, "No face: upload one, or load the example."
+        try:
+            image = read_face(face, self.bound)
+        except user_errors() as err:  # the reason, where gradio's own decoding showed a bare "Error"
+            gr.Warning(one_line(err))
+            return None, None, None, None, f"**Face not usable:** {one_line(err)}"
+        w, h = image.size
         note = "" if h == w else " **It is not square: the edit will refuse it** (crop it to a square first)."
-        return (None, None, None, f"Face {w}x{h} loaded.{note} Now upload its mask, or press **Parse the face** "
+        return (np.asarray(image), None, None, None, f"Face {w}x{h} loaded.{note} Now upload its mask, or press **Parse the face** "
                 "(or just press **Edit**: the face is parsed then).")
 
     def load_source(self, mask_file):
@@ -348,7 +367,7 @@ class EditDemo:
         if path is None:
             return None, None, "No source mask: upload the face's mask, or parse the face."
         try:
-            source = {"labels": load_label_map(path), "name": Path(path).name}
+            source = {"labels": load_label_map(path, max_pixels=self.bound), "name": Path(path).name}
         except user_errors() as err:
             gr.Warning(one_line(err))
             return None, None, f"**Mask not usable:** {one_line(err)}"
@@ -358,10 +377,11 @@ class EditDemo:
         from face_mogle.editing import parse_face
         from face_mogle.pipeline import SamplingError
 
+        face = upload_path(face) if not hasattr(face, "shape") else face
         if face is None:
             raise SamplingError("no face: upload a face image, or load the example")
         try:
-            labels = parse_face(face, parser, self.weights_dir, device=str(self.pipe.device))
+            labels = parse_face(face, parser, self.weights_dir, device=str(self.pipe.device), max_pixels=self.bound)
         except SamplingError as err:  # the library's hint names the CLI's option
             text = str(err).replace("pass the face's own mask with --source_mask",
                                     "upload the face's own mask instead")
@@ -390,7 +410,7 @@ class EditDemo:
         if path is None:
             return "No edited mask file: **Edit** uses the painting."
         try:
-            labels = load_label_map(path)
+            labels = load_label_map(path, max_pixels=self.bound)
         except user_errors() as err:
             gr.Warning(one_line(err))
             return f"**Mask not usable:** {one_line(err)}"
@@ -407,11 +427,12 @@ class EditDemo:
         import gradio as gr
         from PIL import Image
         from face_mogle.data.masks import load_label_map
-        from face_mogle.editing import feather, load_face
+        from face_mogle.editing import at_side, feather, load_face
         from face_mogle.pipeline import SamplingError, one_line, user_errors
 
         keep = gr.update()
         failed = lambda text: (None, None, None, text, keep, keep)  # noqa: E731
+        face = upload_path(face) if not hasattr(face, "shape") else face
         try:
             if face is None:
                 raise SamplingError("no face: upload a face image, or load the example")
@@ -421,7 +442,7 @@ class EditDemo:
                 source = self._parse(face, parser)
             edited_path = upload_path(edited_file)
             if edited_path is not None:
-                target, what = load_label_map(edited_path), f"edited mask {Path(edited_path).name}"
+                target, what = load_label_map(edited_path, max_pixels=self.bound), f"edited mask {Path(edited_path).name}"
             else:
                 target, changed = painted_labels(painting, source["labels"])
                 what = (f"painted mask ({changed} pixels relabelled)" if changed
@@ -437,7 +458,7 @@ class EditDemo:
                 guidance=None if guidance is None else float(guidance),
                 condition_scale=None if condition_scale is None else float(condition_scale),
                 size=size, batch_size=1, on_step=callback)
-            original = load_face(face, size)
+            original = load_face(face, None, self.bound)  # the result has the input's own size
         except user_errors() as err:
             gr.Warning(one_line(err))
             return failed(f"**Error:** {one_line(err)}")
@@ -448,10 +469,12 @@ class EditDemo:
             traceback.print_exc()
             return failed(f"**Error:** internal error ({type(err).__name__}: {one_line(err)}); see the server log")
         s = out.settings
-        reach = feather(out.areas[0], s["margin"])  # what paste-back takes from the edit, per pixel
+        reach = feather(*at_side(out.areas[0], s["margin"], original.shape[0]))  # what paste-back takes from the edit
         named = s["regions"][0] if s["regions"] and isinstance(s["regions"][0], list) else s["regions"]  # per image
         regions_note = f", regions {', '.join(named)}" if named else ""
-        status = (f"Done: edit, {s['edited_fraction'][0]:.0%} of the image editable, {size}x{size}, "
+        side = original.shape[0]
+        shape = f"{side}x{side}" + (f" (generated at {size})" if side != size else "")
+        status = (f"Done: edit, {s['edited_fraction'][0]:.0%} of the image editable, {shape}, "
                   f"{s['denoised_steps']} of {s['steps']} steps, strength {s['strength']}, inversion {s['inversion']}, "
                   f"seed {seed}{regions_note}; source mask: {source['name']}; {what}.")
         status += unread_note(self.pipe, prompt)
@@ -468,7 +491,7 @@ def build_demo(pipe, examples=None, title: str = "Face-MoGLE", edit_example="def
     demo_state = Demo(pipe, examples)
     cfg = pipe.cfg.sample
     first = next(iter(examples), None)
-    with gr.Blocks(title=title) as demo:
+    with gr.Blocks(title=title, delete_cache=KEEP_FILES) as demo:
         gr.Markdown(f"# {title}")
         with gr.Tabs():
             with gr.Tab("Generate", elem_id="tab_generate"):
@@ -511,7 +534,7 @@ def build_demo(pipe, examples=None, title: str = "Face-MoGLE", edit_example="def
         run.click(on_generate, [mask_file, example, prompt, seed, steps, guidance, cond_scale, size],
                   [result, gates, status])
         demo.load(demo_state.preview, [mask_file, example], [mask_view, status])
-    demo.queue(default_concurrency_limit=1)
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)  # one worker; a full queue says so
     return demo
 
 
@@ -530,13 +553,16 @@ def edit_tab(pipe, example, weights_dir):
         "mask (or parse the face, or load the example), then paint on the mask with the class colours "
         "(or upload an edited mask) and/or rewrite the description, and press **Edit**. Only the "
         "relabelled pixels (plus the classes named in *Regions*, plus *Margin* pixels) are regenerated; "
-        "with nothing relabelled and no region named, the whole face is."
+        "with nothing relabelled and no region named there is nothing to edit (name every class to redraw the "
+        "whole face). The result has the face's own size: only the edit area is upsampled."
     )
     source = gr.State(None)
     with gr.Row():
         with gr.Column():
-            face = gr.Image(label="Face (square image)", type="numpy", image_mode="RGB", format="png",
-                            sources=["upload", "clipboard"], elem_id="edit_face")
+            # a file, read by our own reader (upright, size-bounded, 16-bit scaled): gradio's image input
+            # would decode it first, and show a bare "Error" for a bad one
+            face = gr.File(label="Face (square image)", file_types=["image"], type="filepath", elem_id="edit_face")
+            face_view = gr.Image(label="Face", type="numpy", format="png", interactive=False, elem_id="edit_face_view")
             load_example = gr.Button("Load the example", visible=example is not None, elem_id="edit_example")
             source_file = gr.File(label="Its mask (label PNG, or palette-coloured)", file_types=["image"],
                                   type="filepath", elem_id="edit_source_upload")
@@ -597,9 +623,9 @@ def edit_tab(pipe, example, weights_dir):
                              inversion, margin, seed, steps, size, guidance, cond_scale, paste_back, progress)
 
     load_example.click(handlers.load_example, [],
-                       [face, source_file, source, painting, prompt, source_prompt, edited_file, status])
-    face.upload(handlers.new_face, [face], [source_file, source, painting, status])
-    face.clear(handlers.new_face, [face], [source_file, source, painting, status])
+                       [face, face_view, source_file, source, painting, prompt, source_prompt, edited_file, status])
+    face.upload(handlers.new_face, [face], [face_view, source_file, source, painting, status])
+    face.clear(handlers.new_face, [face], [face_view, source_file, source, painting, status])
     source_file.upload(handlers.load_source, [source_file], [source, painting, status])
     source_file.clear(handlers.load_source, [source_file], [source, painting, status])
     parse.click(handlers.parse, [face, parser], [source, painting, status])
@@ -642,15 +668,27 @@ def main(argv=None) -> int:
     except user_errors() as err:
         print(f"app.py: error: {one_line(err)}", file=sys.stderr)
         return 2
+    import tempfile
+
+    # uploads and outputs in a folder of this demo's own (not the shared /tmp/gradio), removed at exit
+    own_temp = None if os.environ.get("GRADIO_TEMP_DIR") else tempfile.TemporaryDirectory(prefix="face-mogle-app-")
+    if own_temp is not None:
+        os.environ["GRADIO_TEMP_DIR"] = own_temp.name  # read when gradio is imported, just below
     import gradio as gr
 
     demo = build_demo(pipe, weights_dir=args.weights_dir)
-    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False)
+    kwargs = dict(server_name=args.host, server_port=args.port, share=args.share, show_error=False,
+                  max_file_size=MAX_UPLOAD)
     system_fonts = dict(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     if "theme" in inspect.signature(demo.launch).parameters:  # gradio 6: theme goes to launch()
         kwargs["theme"] = gr.themes.Default(**system_fonts)  # no web fonts: the page works offline
-    print(f"Face-MoGLE demo: run {run}, backbone {pipe.backbone.source}, device {pipe.device}", flush=True)
-    demo.launch(**kwargs)
+    print(f"Face-MoGLE demo: run {run}, backbone {pipe.backbone.source}, device {pipe.device}; files in "
+          f"{os.environ['GRADIO_TEMP_DIR']}", flush=True)
+    try:
+        demo.launch(**kwargs)
+    finally:
+        if own_temp is not None:
+            own_temp.cleanup()
     return 0
 
 

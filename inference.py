@@ -120,6 +120,8 @@ def check_inputs(args) -> None:
                  "--no_paste_back": args.no_paste_back or None}
     if args.image is None and any(v is not None for v in edit_only.values()):
         raise UsageError(f"{next(k for k, v in edit_only.items() if v is not None)} is an editing option: it needs --image FACE")
+    # the run's bound on input images (sample.max_input_pixels), checked on each file's header
+    args.max_input_pixels = run_config(args).sample.max_input_pixels
     if args.image is not None:
         check_edit_inputs(args)
     elif args.prompt is None and args.mask is None:
@@ -141,7 +143,9 @@ def check_inputs(args) -> None:
     if args.mask is not None:
         from face_mogle.data.masks import load_label_map
 
-        load_label_map(args.mask)  # MaskError: one line naming the file and the problem
+        labels = load_label_map(args.mask, max_pixels=args.max_input_pixels)  # MaskError: one line naming the file and the problem
+        if labels.shape[0] != labels.shape[1]:
+            raise UsageError(f"--mask {args.mask} is {labels.shape[1]}x{labels.shape[0]}: masks must be square, as the faces")
     out = Path(args.output)
     if args.mask is not None and out.resolve() == Path(args.mask).resolve():
         raise UsageError(f"--output {out} is the input mask: it would be overwritten; write elsewhere")
@@ -165,18 +169,23 @@ def check_inputs(args) -> None:
         raise UsageError(f"output {out} is not writable: {err.strerror or err}") from None
 
 
-def check_edit_inputs(args) -> None:
-    from PIL import Image, UnidentifiedImageError
+def run_config(args):
+    """The run's config with the --set overrides, read without the heavy imports (the pipeline later
+    applies --preset too, and checks every input again)."""
+    from face_mogle.config import load_config
 
+    return load_config(Path(args.run) / "config.yaml", args.overrides)
+
+
+def check_edit_inputs(args) -> None:
+    from face_mogle.image_files import ImageFileError, open_header
     from face_mogle.labels import CLASSES
 
     try:
-        with Image.open(args.image) as im:
+        with open_header(args.image, args.max_input_pixels, "face") as im:  # size-checked, not decoded
             w, h = im.size
-    except FileNotFoundError:
-        raise UsageError(f"--image {args.image}: file not found") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise UsageError(f"--image {args.image} is not a readable image: {err}") from None
+    except ImageFileError as err:
+        raise UsageError(f"--image {err}") from None
     if args.gates:
         raise UsageError("--gates draws the expert map of a generation; it does not apply to an edit (--image)")
     if w != h:
@@ -184,7 +193,7 @@ def check_edit_inputs(args) -> None:
     if args.source_mask is not None:
         from face_mogle.data.masks import load_label_map
 
-        load_label_map(args.source_mask)
+        load_label_map(args.source_mask, max_pixels=args.max_input_pixels)
     if args.strength is not None and not (math.isfinite(args.strength) and 0 < args.strength <= 1):
         raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
     if args.margin is not None and args.margin < 0:
@@ -296,6 +305,7 @@ def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, wri
         source_prompt=(args.prompt or "" if args.source_prompt is None else args.source_prompt) if ode else None,
         source_unread_words=list(source_unread) if ode else [],
         seed=args.seed, steps=s["steps"], denoised_steps=s["denoised_steps"], guidance=s["guidance"], size=s["size"],
+        output_size=s["output_sizes"][0],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"], strength=s["strength"], inversion=s["inversion"], margin=s["margin"],
         paste_back=s["paste_back"], regions=s["regions"][0], edited_fraction=s["edited_fraction"][0],
         device=str(pipe.device), dtype=str(pipe.dtype).removeprefix("torch."), overrides=list(args.overrides), preset=args.preset,
@@ -318,11 +328,13 @@ def main(argv=None) -> int:
     except UsageError as err:  # before any heavy import: this answer is instant
         print(f"inference.py: error: {err}", file=sys.stderr)
         return 2
+    from face_mogle.config import ConfigError
     from face_mogle.data.masks import MaskError
+    from face_mogle.image_files import ImageFileError
 
     try:
         check_inputs(args)
-    except (UsageError, MaskError) as err:
+    except (UsageError, MaskError, ConfigError, ImageFileError) as err:
         print(f"inference.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
@@ -354,7 +366,9 @@ def main(argv=None) -> int:
         return 1
     s = result.settings
     mode = f"edit, {s['edited_fraction'][0]:.0%} of the image editable" if args.image is not None else s["modes"][0]
-    print(f"wrote {', '.join(str(p) for p in written)} ({mode}, {s['size']}x{s['size']}, "
+    side = s.get("output_sizes", [s["size"]])[0]  # an edit comes back at the input face's size
+    shape = f"{side}x{side}" + (f" (generated at {s['size']})" if side != s["size"] else "")
+    print(f"wrote {', '.join(str(p) for p in written)} ({mode}, {shape}, "
           f"{s['steps']} steps, seed {args.seed}, {seconds:.1f} s)")
     return 0
 

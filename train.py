@@ -52,8 +52,10 @@ def main(argv=None) -> int:
         return 130
     except OSError as err:  # the disk filled up, a folder became unwritable: one line, checkpoints intact
         where = err.filename or "the run folder"
-        what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        print(f"error: {what} at {where}; the newest complete checkpoint is intact: free space, then "
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "no space left on device" if full else (err.strerror or str(err))
+        fix = "free space" if full else "fix that (check train.runs_dir and name)"
+        print(f"error: {what} at {where}; the newest complete checkpoint is intact: {fix}, then "
               "continue with --resume latest", file=sys.stderr)
         return 1
     print(f"done: run folder {trainer.run_dir}")

@@ -157,9 +157,9 @@ def test_edit_the_example_with_a_painted_mask(app, editor, tmp_path):
     from face_mogle.data.masks import load_label_map, save_label_map
     from face_mogle.editing import dilate, load_face
 
-    face, source_file, source, painting, prompt, source_prompt, edited_file, status = editor.load_example()
+    face, face_view, source_file, source, painting, prompt, source_prompt, edited_file, status = editor.load_example()
     face_path, mask_path, caption = app.find_edit_example()
-    assert face.shape == (128, 128, 3) and source_file is None and edited_file is None
+    assert face == str(face_path) and face_view.shape == (128, 128, 3) and source_file is None and edited_file is None
     assert np.array_equal(source["labels"], load_label_map(mask_path)) and prompt == source_prompt == caption
     assert painting["background"].shape == (app.EDITOR_SIZE, app.EDITOR_SIZE, 3) and "Example loaded" in status
 
@@ -168,20 +168,22 @@ def test_edit_the_example_with_a_painted_mask(app, editor, tmp_path):
     original, result, area, status, new_source, new_painting = editor.edit(
         face, source, "synthfaces", painting, None, prompt, source_prompt, [], 0.8, "ode", margin, 3, 2, 32)
     assert status.startswith("Done: edit, ") and "% of the image editable" in status, status
-    assert "32x32" in status and "painted mask (" in status and "the example's mask" in status
-    assert result.size == original.size == area.size == (32, 32)
+    # generated at 32, returned at the face's own 128
+    assert "128x128 (generated at 32)" in status and "painted mask (" in status and "the example's mask" in status
+    assert result.size == original.size == area.size == (128, 128)
     target = app.painted_labels(painting, source["labels"])[0]
     changed = load_label_map(source["labels"], 32) != load_label_map(target, 32)
     assert changed.any() and not dilate(changed, margin).all()
     assert f"{changed.mean():.0%} of the image editable" in status
-    face32 = load_face(face, 32)
-    assert np.array_equal(np.asarray(original), face32)
-    # paste-back: the input itself outside the changed pixels and the margin's blend
-    reach = dilate(changed, margin)
-    assert np.array_equal(np.asarray(result)[~reach], face32[~reach])
-    assert not np.array_equal(np.asarray(result)[changed], face32[changed])
+    full = load_face(face)
+    assert np.array_equal(np.asarray(original), full)
+    # paste-back at the input's resolution: the input itself outside the changed pixels and the margin's blend
+    changed = np.repeat(np.repeat(changed, 4, 0), 4, 1)
+    reach = dilate(changed, margin * 4)
+    assert np.array_equal(np.asarray(result)[~reach], full[~reach])
+    assert not np.array_equal(np.asarray(result)[changed], full[changed])
     shown = np.asarray(area)
-    assert np.array_equal(shown[changed], face32[changed]) and (shown[~reach] != face32[~reach]).any()
+    assert np.array_equal(shown[changed], full[changed]) and (shown[~reach] != full[~reach]).any()
     assert new_source == {"__type__": "update"} and new_painting == {"__type__": "update"}  # kept
 
     # an uploaded edited mask replaces the painting
@@ -204,7 +206,7 @@ def test_edit_parses_the_face(app, editor):
     original, result, area, status, new_source, new_painting = editor.edit(
         face, None, "synthfaces", None, None, "She has red hair.", caption, ["hair"], 1.0, "noise", 0, 1, 2, 32)
     assert status.startswith("Done: edit") and "parsed by synthfaces" in status and "regions hair" in status
-    assert "a text edit" in status and result.size == (32, 32)
+    assert "a text edit" in status and result.size == (128, 128)
     assert np.array_equal(new_source["labels"], source["labels"]) and "background" in new_painting
 
 
@@ -244,7 +246,28 @@ def test_edit_errors_are_one_line(app, pipe, tmp_path):  # noqa: F811
         assert editor.load_source(str(bad))[2].startswith("**Mask not usable:**")
     with pytest.warns(UserWarning):
         assert editor.check_edited(str(bad)).startswith("**Mask not usable:**")
-    assert "not square" in editor.new_face(np.zeros((32, 40, 3), np.uint8))[3]
+    assert "not square" in editor.new_face(np.zeros((32, 40, 3), np.uint8))[4]
+    # a bad face upload gives its reason (gradio's own decoding said a bare "Error")
+    with pytest.warns(UserWarning):
+        view, *_, status = editor.new_face(str(bad))
+    assert view is None and status.startswith("**Face not usable:**") and "bad.png: unreadable or corrupt" in status
+    from test_image_files import declared_png
+
+    with pytest.warns(UserWarning):
+        status = editor.new_face(str(declared_png(tmp_path / "giant.png", 8000, 8000)))[4]
+    assert "giant.png: declares 8000x8000 pixels" in status
+    with pytest.warns(UserWarning):
+        status = editor.edit(**{**settings, "face": str(tmp_path / "giant.png"), "source": source})[3]
+    assert status.startswith("**Error:**") and "declares 8000x8000" in status
+    with pytest.warns(UserWarning):  # an uploaded mask too
+        assert "declares 8000x8000" in editor.load_source(str(tmp_path / "giant.png"))[2]
+    view, *_, status = editor.new_face(str(face_path))
+    assert view.shape == (128, 128, 3) and status.startswith("Face 128x128 loaded")
+
+
+def test_serving_limits(app, pipe):  # noqa: F811
+    demo = app.build_demo(pipe)
+    assert demo.delete_cache == app.KEEP_FILES and demo._queue.max_size == app.QUEUE_SIZE
 
 
 def test_missing_run_is_one_line(tmp_path):
@@ -403,8 +426,8 @@ def test_page_edits_in_a_browser(server, browser, tmp_path):
     # The example: the face, its mask on the painting canvas, its caption as the prompt.
     browser.find_element(By.CSS_SELECTOR, "#edit_example").click()
     wait.until(lambda d: "Example loaded" in status())
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_face img"))
-    assert fetch("#edit_face").size == (128, 128)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit_face_view img"))
+    assert fetch("#edit_face_view").size == (128, 128)
     face, mask, caption = load_script("app").find_edit_example()
     assert browser.find_element(By.CSS_SELECTOR, "#edit_prompt textarea").get_attribute("value") == caption
 
@@ -421,10 +444,10 @@ def test_page_edits_in_a_browser(server, browser, tmp_path):
     type_into(browser, (("#edit_size input", "32"), ("#edit_steps input[type=number]", "2")))
     browser.find_element(By.CSS_SELECTOR, "#edit_run").click()
     wait.until(lambda d: status().startswith(("Done", "Error")))
-    assert status().startswith("Done: edit, ") and "32x32" in status() and "2 steps" in status(), status()
+    assert status().startswith("Done: edit, ") and "(generated at 32)" in status() and "2 steps" in status(), status()
     assert "painted mask (" in status() and "100% of the image editable" not in status(), status()
-    assert fetch("#edit_result").size == (32, 32) and fetch("#edit_original").size == (32, 32)
-    assert fetch("#edit_area").size == (32, 32)
+    assert fetch("#edit_result").size == (128, 128) and fetch("#edit_original").size == (128, 128)
+    assert fetch("#edit_area").size == (128, 128)
 
     # An uploaded edited mask replaces the painting.
     edited = load_label_map(mask)
@@ -435,5 +458,5 @@ def test_page_edits_in_a_browser(server, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, "#edit_run").click()
     wait.until(lambda d: status().startswith(("Done", "Error")))
     assert status().startswith("Done: edit") and "edited mask more_hair.png" in status(), status()
-    assert fetch("#edit_result").size == (32, 32)
+    assert fetch("#edit_result").size == (128, 128)
     assert "Traceback" not in browser.page_source

@@ -113,3 +113,81 @@ def test_old_global_map_name_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"old.yaml: .*'official' was renamed.*global_map: gray"):
         load_config(path)
     assert load_config(None, ["model.global_map=gray"]).model.global_map == "gray"
+
+
+# --- issue 28: --set on a section, run names, YAML alias bombs, list contents ----------------------
+
+
+def test_set_mapping_on_a_section_keeps_the_keys_it_does_not_name(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 200\n  optimizer: {type: adamw, lr: 0.001}\n")
+    cfg = load_config(path, ["train={batch_size: 2, optimizer: {weight_decay: 0.5}}"])
+    assert cfg.train.batch_size == 2 and cfg.train.max_steps == 200
+    opt = cfg.train.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ("adamw", 0.001, 0.5)
+    with pytest.raises(ConfigError, match="'train' must be a mapping"):
+        load_config(path, ["train=3"])
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", "", " ", ".", "..", "x" * 300, "a\\b"])
+def test_run_name_is_one_folder(name):
+    with pytest.raises(ConfigError, match="config key 'name' must be one folder name") as err:
+        load_config("configs/tiny.yaml", [f"name={name}"] if name.strip() else [f"name='{name}'"])
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_run_name_accepts_ordinary_names():
+    assert load_config("configs/tiny.yaml", ["name=run_2024-05.v2"]).name == "run_2024-05.v2"
+
+
+def _bomb(levels: int = 6) -> str:
+    """A flow list whose last item stands for 9**levels strings through nested aliases."""
+    items = ['&a0 [' + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(items) + "]"
+
+
+def test_yaml_alias_bomb_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    # the old loader built it and printed the whole expanded value in the type error (at 9 levels:
+    # no answer after minutes, gigabytes); 6 levels (531441 strings) keep a failing run short
+    path.write_text("train:\n  batch_size: " + _bomb() + "\n")
+    with pytest.raises(ConfigError, match="more than 100000 values through its aliases") as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="through its aliases"):  # --set values go through the same loader
+        load_config("configs/tiny.yaml", ["model.lora.target_modules=" + _bomb()])
+
+
+def test_recursive_alias_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("model:\n  lora:\n    target_modules: &x [*x]\n")
+    with pytest.raises(ConfigError, match="through its aliases"):
+        load_config(path)
+
+
+def test_small_aliases_still_load(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("data:\n  size: &s 64\n  condition_size: *s\nsample:\n  size: *s\n")
+    cfg = load_config(path)
+    assert cfg.data.condition_size == cfg.sample.size == 64
+
+
+def test_error_messages_show_a_bounded_value():
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny.yaml", ["train.batch_size=[" + ", ".join(["'" + "y" * 500 + "'"] * 500) + "]"])
+    assert "'train.batch_size' must be int" in str(err.value) and len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.optimizer.betas=[0.9]", "'train.optimizer.betas' must be two numbers in [0, 1)"),
+    ("train.optimizer.betas=[0.9, abc]", "'train.optimizer.betas' must be two numbers"),
+    ("train.optimizer.betas=[0.9, 1.5]", "'train.optimizer.betas' must be two numbers"),
+    ("model.lora.target_modules=[1, 2]", "'model.lora.target_modules' must be a non-empty list"),
+    ("model.lora.target_modules=[]", "'model.lora.target_modules' must be a non-empty list"),
+    ("model.lora.target_modules=['attn.to_q(']", "'model.lora.target_modules' must be a non-empty list"),
+])
+def test_list_contents_are_checked(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config("configs/tiny.yaml", [override])
+    assert needle in str(err.value)

@@ -43,7 +43,7 @@ def test_edit_area_is_the_changed_labels_plus_named_regions():
     hair = CLASSES.index("hair")
     with_hair = edit_area(src, tgt, [hair])
     assert np.array_equal(with_hair, (src != tgt) | (src == hair) | (tgt == hair))
-    assert edit_area(src, src).all()  # nothing changed, nothing named: the whole image
+    assert not edit_area(src, src).any()  # nothing changed, nothing named: nothing (edit() refuses it)
 
 
 def test_dilate_and_feather():
@@ -106,7 +106,7 @@ def test_ode_inversion_converges_to_the_source(tiny_run):
         seen = []
         decode = pipe.decode
         pipe.decode = lambda latents, size: seen.append(latents.clone()) or decode(latents, size)
-        pipe.edit(img, lab, "A face.", lab, strength=1.0, inversion="ode", paste_back=False, steps=steps)
+        pipe.edit(img, lab, "A face.", lab, strength=1.0, inversion="ode", paste_back=False, steps=steps, regions=CLASSES)
         del pipe.decode
         errors.append(float((seen[0] - x0).abs().mean() / x0.abs().mean()))
     # Euler is first order: 4x the steps, about a quarter of the error
@@ -138,6 +138,31 @@ def test_text_edit_with_regions_changes_only_that_region(pipe):
     two = pipe.edit([img, img], lab, "She has red hair.", lab, source_prompts="She has black hair.", regions=[["hair"], ["cloth", "neck"]], margin=1, seeds=0)
     assert np.array_equal(two.areas[1], np.isin(lab, [CLASSES.index("cloth"), CLASSES.index("neck")]))
     assert np.abs(np.asarray(two.images[0]).astype(int) - np.asarray(out.images[0]).astype(int)).max() <= 1
+
+
+def test_an_edit_that_changes_nothing_is_refused(pipe):
+    img, lab = face(0), draw_mask(0, SIZE)
+    with pytest.raises(SamplingError, match="nothing to edit: the edited mask equals the source mask"):
+        pipe.edit(img, lab, "She has red hair.", lab)  # once: the whole face regenerated
+    absent = next(c for c in CLASSES if not (lab == CLASSES.index(c)).any())
+    with pytest.raises(SamplingError, match="nothing to edit in edit 2"):
+        pipe.edit([img, img], [hair_swapped(0), lab], "", lab, regions=[[], [absent]])
+
+
+def test_the_edit_comes_back_at_the_inputs_own_size(pipe):
+    """A face larger than the model's size: the result has the face's size, and outside the edit area
+    it is the face's own full-resolution pixels (only the edit area is upsampled)."""
+    big = np.asarray(Image.fromarray(face(2)).resize((SIZE * 3, SIZE * 3), Image.NEAREST))
+    big = np.clip(big.astype(int) + np.arange(SIZE * 3)[None, :, None] % 3, 0, 255).astype(np.uint8)  # detail
+    src, tgt = draw_mask(2, SIZE), hair_swapped(2)
+    out = pipe.edit(big, tgt, "", src, margin=2, seeds=0)
+    assert out.images[0].size == (SIZE * 3, SIZE * 3) and out.settings["output_sizes"] == [SIZE * 3]
+    area = np.repeat(np.repeat(src != tgt, 3, 0), 3, 1)
+    outside = ~dilate(area, 2 * 3)
+    assert outside.any() and np.array_equal(np.asarray(out.images[0])[outside], big[outside])
+    assert not np.array_equal(np.asarray(out.images[0])[area], big[area])
+    raw = pipe.edit(big, tgt, "", src, margin=2, seeds=0, paste_back=False)
+    assert raw.images[0].size == (SIZE * 3, SIZE * 3)
 
 
 def test_bad_edit_inputs(pipe):
@@ -254,3 +279,35 @@ def test_cli_help_states_the_library_defaults():
     assert f"(default: {editing.DEFAULT_INVERSION})" in text
     assert f"(default: {editing.DEFAULT_MARGIN})" in text
     assert editing.DEFAULT_PASTE_BACK and "--no_paste_back" in text
+
+
+def test_cli_reads_a_phone_photo_upright_and_refuses_a_declared_giant(tiny_run, tmp_path):
+    from face_mogle.data.masks import save_label_map
+    from test_image_files import declared_png
+
+    big = SIZE * 2
+    upright = np.asarray(Image.fromarray(face(5)).resize((big, big), Image.NEAREST))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, shown upright
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", quality=100,
+                                                                       subsampling=0, exif=exif)
+    save_label_map(draw_mask(5, SIZE), tmp_path / "mask.png")
+    save_label_map(hair_swapped(5), tmp_path / "edited.png")
+    r = cli("--run", tiny_run, "--image", tmp_path / "phone.jpg", "--source_mask", tmp_path / "mask.png",
+            "--mask", tmp_path / "edited.png", "--output", tmp_path / "out.png", "--device", "cpu", "--steps", "2",
+            "--margin", "1")
+    assert r.returncode == 0, r.stderr
+    out = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    assert out.shape == (big, big, 3) and f"{big}x{big} (generated at {SIZE})" in r.stdout
+    outside = ~dilate(np.repeat(np.repeat(draw_mask(5, SIZE) != hair_swapped(5), 2, 0), 2, 1), 4)
+    assert np.abs(out[outside] - upright[outside]).max() < 16  # upright: the JPEG's own error only
+    assert json.loads((tmp_path / "out.json").read_text())["output_size"] == big
+    declared_png(tmp_path / "giant.png", 10000, 10000)
+    r = cli("--run", tiny_run, "--image", tmp_path / "giant.png", "--source_mask", tmp_path / "mask.png",
+            "--output", tmp_path / "o.png", "--device", "cpu")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "giant.png: declares 10000x10000 pixels, more than the 16777216 allowed" in r.stderr
+    wide = tmp_path / "wide.png"
+    save_label_map(np.zeros((SIZE, SIZE + 8), np.uint8), wide)
+    r = cli("--run", tiny_run, "--mask", wide, "--prompt", "x", "--output", tmp_path / "o.png", "--device", "cpu")
+    assert r.returncode == 2 and "must be square" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -39,6 +39,7 @@ FROM_THE_RUN = {
     "model.latent_lora", "model.gate_global_prior", "model.lora.r", "model.lora.alpha", "model.lora.init",
     "model.lora.target_modules", "sample.size", "sample.max_size",
     "sample.offload",  # where the components wait between stages: the images do not change
+    "sample.max_input_pixels",  # our bound on what a file may declare
 }
 # A run that differs from the official sampler in every key the preset sets (and is guided).
 EVERY_KEY_DIFFERENT = [

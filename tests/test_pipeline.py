@@ -300,3 +300,13 @@ def test_official_sampler_preset_sets_all_four_and_blanks_local_maps(tiny_run):
         torch.testing.assert_close(blank_mode[0, 1 + c], empty)
     with pytest.raises(SamplingError, match="preset not found"):
         preset_overrides("configs/nope.yaml")
+
+
+def test_preset_alias_bomb_is_refused(tmp_path):
+    from face_mogle.pipeline import preset_overrides
+
+    preset = tmp_path / "bomb.yaml"
+    items = ["&a0 [" + ", ".join(["lol"] * 9) + "]"] + [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 6)]
+    preset.write_text("model:\n  lora:\n    target_modules: [" + ", ".join(items) + "]\n")
+    with pytest.raises(SamplingError, match=r"bomb.yaml is not readable YAML: .*through its aliases"):
+        preset_overrides(preset)

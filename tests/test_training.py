@@ -164,6 +164,14 @@ def test_existing_run_needs_resume_and_same_config(data, tmp_path):
         Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "model.lora.r": 8}), resume="latest")
 
 
+def test_another_runs_checkpoint_with_another_lora_rank_is_named_as_such(data, tmp_path):
+    Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})).train()
+    step = tmp_path / "t" / "checkpoints" / "step-1"
+    # into a new name: no saved config to compare, so the checkpoint's own shapes must tell
+    with pytest.raises(CheckpointError, match=r"step-1 was saved from other layer sizes \(\d+ parameters differ.*there.*here\): was model.lora.r"):
+        Trainer(cfg_for(data, tmp_path, **{"name": "r8", "train.max_steps": 2, "model.lora.r": 8}), resume=str(step))
+
+
 def test_a_copied_run_folder_resumes_under_its_new_name(data, tmp_path):
     """script/ablation_tiny.sh exports a run's earlier checkpoint from a renamed copy of its folder."""
     import shutil
@@ -272,6 +280,29 @@ def test_full_disk_is_one_line_and_leftovers_are_cleaned(data, tmp_path, monkeyp
     assert len(err) == 1 and "no space left on device at" in err[0] and "--resume latest" in err[0]
     assert "Traceback" not in err[0]
     assert not list(run.rglob("*.tmp"))  # the interrupted saves' folders are gone
+
+
+def test_runs_dir_mistake_is_named_not_called_a_full_disk(data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    sys.path.insert(0, str(ROOT))
+    import train as train_script
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = ["--config", str(ROOT / "configs/tiny.yaml")] + [a for o in cfg_overrides(data, afile, 1) for a in ("--set", o)]
+    assert train_script.main(args) == 2  # refused before the model is built
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: cannot make the run folder {afile / 't'}: {afile} is a file, not a folder (check train.runs_dir and name)"
+
+    def denied(*args, **kwargs):  # another write failure during training: no "free space" advice
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "t" / "checkpoints"))
+
+    monkeypatch.setattr("face_mogle.training.trainer.save_checkpoint", denied)
+    args = ["--config", str(ROOT / "configs/tiny.yaml")] + [a for o in cfg_overrides(data, tmp_path, 1) for a in ("--set", o)]
+    assert train_script.main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "Permission denied at" in err[0] and "free space" not in err[0]
 
 
 def cfg_overrides(data, runs, steps):

@@ -220,3 +220,14 @@ def test_every_trainable_parameter_gets_a_gradient():
     frozen_lora = [n for n, p in model.named_parameters() if "lora_" in n and not p.requires_grad]
     assert sorted(frozen_lora) == sorted(
         f"transformer.single_transformer_blocks.1.{m}.lora_{ab}.default.weight" for m in ("proj_mlp", "proj_out", "attn.to_q") for ab in "AB")
+
+
+def test_lora_target_that_names_no_layer_is_refused():
+    from face_mogle.config import ConfigError
+
+    tr = tiny_transformer()
+    # one typo among good names: peft alone would skip it silently and train fewer layers
+    with pytest.raises(ConfigError, match=r"'transformer_blocks\.\*\.attn\.to_qq' names no linear layer"):
+        add_lora(tr, LoraConfig(target_modules=["x_embedder", "transformer_blocks.*.attn.to_qq"]))
+    add_lora(tr, LoraConfig(target_modules=["x_embedder", "single_transformer_blocks.*.proj_out"]))
+    assert any("lora_A" in n for n, _ in tr.named_parameters())

@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import tempfile
 import types
 import typing
@@ -40,6 +41,63 @@ OFFICIAL_LORA_TARGETS = [
 
 class ConfigError(ValueError):
     """A configuration problem, with a one-line message meant for the user."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading YAML safely: a few aliases can stand for billions of nodes ("billion laughs"); a config
+# or preset has about a hundred, so a document that would expand past this is refused outright.
+MAX_YAML_NODES = 100_000
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 4, 40, 40
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: a bounded repr (an aliased value can be huge)."""
+    text = _SHOWN.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expanded_nodes(root: yaml.Node, limit: int) -> int:
+    """How many nodes the document holds with every alias expanded, stopping once past `limit`
+    (a recursive alias counts as past it)."""
+    sizes: dict[int, int] = {}
+
+    def size(node, active):
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in active:
+            return limit + 1
+        active.add(id(node))
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        for child in children:
+            total += size(child, active)
+            if total > limit:
+                break
+        active.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root, set())
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None and _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES} values through its aliases "
+                              "(&anchor/*alias): a config never needs that many")
+        return node
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load with the expansion bound above (ConfigError past it; yaml.YAMLError as usual)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 @dataclass
@@ -165,6 +223,9 @@ class SampleConfig:
     # component on the device only while it runs) or "leaf" (the transformer's layers stream in
     # one by one: least memory, slowest)
     offload: str = "none"
+    # Largest input image (face or mask, width x height) a command reads, checked on the file's header
+    # before decoding: a small file can declare a huge image (the default is 4096 x 4096)
+    max_input_pixels: int = 16777216
 
 
 @dataclass
@@ -203,7 +264,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return _coerce(value, args[0], key)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' must be a mapping, got {shown(value)}")
         return _build(typ, value, key + ".")
     if typ is bool:
         if isinstance(value, bool):
@@ -225,10 +286,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     else:  # pragma: no cover - only the types above are used
         return value
     name = getattr(typ, "__name__", str(typ))
-    raise ConfigError(f"config key '{key}' must be {name}, got {value!r}")
+    raise ConfigError(f"config key '{key}' must be {name}, got {shown(value)}")
 
 
 def _unknown_key(prefix: str, key: str, valid: list[str]) -> ConfigError:
+    key = key if len(key) <= 60 else key[:57] + "..."
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return ConfigError(
@@ -256,16 +318,26 @@ def from_dict(data: dict) -> Config:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.batch_size=8' -> (['train', 'batch_size'], 8); the value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {shown(text)}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {shown(text)}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
+
+
+def _merged(old: Any, new: Any) -> Any:
+    """`new` laid over `old`, mapping by mapping (anything but two mappings: `new`)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    out = dict(old)
+    for key, value in new.items():
+        out[key] = _merged(old.get(key), value)
+    return out
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -279,7 +351,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if part not in types_:
                 raise _unknown_key(prefix, part, list(types_))
             if i == len(path) - 1:
-                node[part] = value
+                # a mapping given to a section updates the keys it names; the others stay as they were
+                node[part] = _merged(node.get(part), value) if dataclasses.is_dataclass(types_[part]) else value
             else:
                 sub = node.get(part)
                 sub = dict(sub) if isinstance(sub, dict) else {}
@@ -298,7 +371,9 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = load_yaml(path.read_text()) or {}
+        except ConfigError as err:
+            raise ConfigError(f"config file {path}: {err}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}")
         if not isinstance(data, dict):
@@ -311,13 +386,28 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[li
         raise ConfigError(f"{path}: {err}") from None
 
 
+# A module path with '*' standing for a block number (models/transformer.py turns it into a regex).
+_TARGET = re.compile(r"[A-Za-z0-9_*]+(\.[A-Za-z0-9_*]+)*")
+MAX_NAME_LENGTH = 100
+
+
+def _check_name(name: str) -> None:
+    """The run name is one folder under train.runs_dir: never a path that leaves it, never empty."""
+    bad = (not name.strip() or name in (".", "..") or any(c in name for c in "/\\") or
+           any(ord(c) < 32 for c in name) or len(name) > MAX_NAME_LENGTH)
+    if bad:
+        raise ConfigError(f"config key 'name' must be one folder name under train.runs_dir (no / or \\, not . or .., "
+                          f"1 to {MAX_NAME_LENGTH} characters); got {shown(name)}")
+
+
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}; got {shown(value)}")
 
 
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
+    _check_name(cfg.name)
     _choice("dtype", cfg.dtype, ("float32", "bfloat16", "float16"))
     if cfg.model.global_map == "official":
         from .data.masks import RENAMED_GLOBAL_MODE
@@ -367,6 +457,7 @@ def validate(cfg: Config) -> None:
         ("train.keep_checkpoints", cfg.train.keep_checkpoints),
         ("model.lora.r", cfg.model.lora.r),
         ("sample.steps", cfg.sample.steps),
+        ("sample.max_input_pixels", cfg.sample.max_input_pixels),
     ):
         if value < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
@@ -382,6 +473,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'sample.condition_scale' must be > 0, got {cfg.sample.condition_scale}")
     if not (math.isfinite(cfg.sample.cfg_scale) and cfg.sample.cfg_scale >= 1):
         raise ConfigError(f"config key 'sample.cfg_scale' must be a finite number >= 1 (1 = off), got {cfg.sample.cfg_scale}")
+    betas = cfg.train.optimizer.betas
+    if not (len(betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"config key 'train.optimizer.betas' must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {shown(betas)}")
+    targets = cfg.model.lora.target_modules
+    bad = next((t for t in targets if not (isinstance(t, str) and _TARGET.fullmatch(t))), None)
+    if not targets or bad is not None:
+        raise ConfigError("config key 'model.lora.target_modules' must be a non-empty list of module names such as "
+                          f"'transformer_blocks.*.attn.to_q' (letters, digits, _ . and * for a block number); got {shown(bad if targets else targets)}")
     text_w = cfg.sample.text_cfg_scale
     if text_w is not None and not (isinstance(text_w, (int, float)) and math.isfinite(text_w) and text_w >= 1):
         raise ConfigError(f"config key 'sample.text_cfg_scale' must be null (= sample.cfg_scale) or a finite number >= 1, got {text_w}")

@@ -5,14 +5,16 @@
 Per image:
   1. the face → VAE latents x0; the edit area = the pixels whose label changes between the source and
      the edited mask, plus the classes named in `regions` (a text edit keeps the mask: say which
-     part the new words are about), dilated by `margin` pixels; nothing named = the whole image;
+     part the new words are about), dilated by `margin` pixels; an edit whose area is empty (the
+     same mask, no region named) is refused: it would regenerate nothing, or, as it once did, everything;
   2. a start point at noise level sigma_k (k from `strength`, as img2img counts it): "noise" mixes x0
      with the image's seeded noise, (1 - sigma) x0 + sigma eps; "ode" runs the flow ODE backwards from
      x0 under the source mask and source prompt (a deterministic inversion);
   3. the ODE forwards from there under the edited mask and prompt; after every step the latents
      outside the edit area are reset to the source's own path at that noise level (the noised x0, or
      the inversion's trajectory), so the unchanged regions end exactly at x0;
-  4. decode; with `paste_back`, the input's pixels are put back outside the (feathered) edit area.
+  4. decode, upsample to the input's own size; with `paste_back`, the input's own pixels (at its full
+     resolution) are put back outside the (feathered) edit area, so only the edit area is upsampled.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .encoding import encode_images, encode_prompts, pack
+from .image_files import MAX_INPUT_PIXELS, ImageFileError, read_rgb
 from .labels import CLASSES
 
 INVERSIONS = ("noise", "ode")
@@ -39,39 +42,35 @@ DEFAULT_PASTE_BACK = True
 
 @dataclass
 class EditOutput:
-    images: list  # PIL RGB, size × size
+    images: list  # PIL RGB, each at its input face's own size
     areas: list  # per image: bool [size, size], where the face was allowed to change (before the margin)
     settings: dict = field(default_factory=dict)
 
 
-def read_face(image: Any) -> Image.Image:
-    """A face (path, PIL image or uint8 array [H, W, 3]) → PIL RGB at its own size."""
+def read_face(image: Any, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+    """A face (path, PIL image or uint8 array [H, W, 3]) → PIL RGB at its own size; a file is read
+    upright (EXIF), bounded in size, 16-bit scaled, transparency over white (face_mogle.image_files)."""
     from .pipeline import SamplingError
 
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise SamplingError(f"a face array must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
         return Image.fromarray(image, "RGB")
     try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise SamplingError(f"face image not found: {image}") from None
-    except OSError as err:
-        raise SamplingError(f"face image {image} is not a readable image: {err}") from None
+        return read_rgb(image, max_pixels)
+    except ImageFileError as err:
+        raise SamplingError(f"face image {err}") from None
 
 
-def load_face(image: Any, size: int) -> np.ndarray:
-    """A face → uint8 RGB [size, size, 3]. Square only: the masks and the model are square, and a
-    silent crop would move every region."""
+def load_face(image: Any, size: Optional[int] = None, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
+    """A face → uint8 RGB [size, size, 3] (None: its own size). Square only: the masks and the model
+    are square, and a silent crop would move every region."""
     from .pipeline import SamplingError
 
-    image = read_face(image)
+    image = read_face(image, max_pixels)
     if image.width != image.height:
         raise SamplingError(f"the face image must be square (as its mask), got {image.width}x{image.height}")
-    if image.size != (size, size):
+    if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.LANCZOS)
     return np.asarray(image, dtype=np.uint8)
 
@@ -93,11 +92,19 @@ def class_ids(regions: Optional[Sequence[str]]) -> list[int]:
 
 
 def edit_area(source: np.ndarray, target: np.ndarray, regions: Sequence[int] = ()) -> np.ndarray:
-    """Pixels whose label changes, plus those of the named classes in either map; none = everything."""
+    """Pixels whose label changes, plus those of the named classes in either map (may be empty)."""
     area = source != target
     for c in regions:
         area |= (source == c) | (target == c)
-    return area if area.any() else np.ones_like(area)
+    return area
+
+
+def at_side(area: np.ndarray, margin: int, side: int) -> tuple[np.ndarray, int]:
+    """An edit area (and its margin) at the model's size → the same at `side` pixels (nearest)."""
+    if area.shape[0] == side:
+        return area, margin
+    scaled = round(margin * side / area.shape[0])
+    return np.asarray(Image.fromarray(area.astype(np.uint8) * 255, "L").resize((side, side), Image.NEAREST)) > 127, scaled
 
 
 def dilate(area: np.ndarray, radius: int) -> np.ndarray:
@@ -124,10 +131,10 @@ def latent_area(area: np.ndarray, latent_pixels: int, channels: int) -> torch.Te
 
 
 class _Editor:
-    def __init__(self, pipe, steps, run_steps, guidance, condition_scale, cfg_scales, size, inversion, margin, paste_back):
+    def __init__(self, pipe, steps, run_steps, guidance, condition_scale, cfg_scales, size, inversion, margin):
         self.pipe, self.steps, self.run_steps, self.guidance, self.condition_scale = pipe, steps, run_steps, guidance, condition_scale
         self.cfg_scales = cfg_scales  # (cfg scale, text cfg scale)
-        self.size, self.inversion, self.margin, self.paste_back = size, inversion, margin, paste_back
+        self.size, self.inversion, self.margin = size, inversion, margin
 
     @torch.inference_mode()
     def batch(self, faces, sources, targets, areas, prompts, source_prompts, seeds, step_done,
@@ -172,10 +179,16 @@ class _Editor:
             latents = latents + (sigmas[i + 1] - sigmas[i]).item() * pipe.velocity(latents, timesteps[i], cond).float()
             latents = keep * latents + (1 - keep) * path[i + 1 - start]
             step_done()
-        images = pipe.decode(latents, size)
-        if self.paste_back:
-            images = [paste(im, face, area, self.margin) for im, face, area in zip(images, faces, areas)]
-        return images
+        return pipe.decode(latents, size)
+
+
+def at_input_size(image: Image.Image, face: np.ndarray, area: np.ndarray, margin: int, paste_back: bool) -> Image.Image:
+    """The decoded edit (model size) at the input face's own size; with `paste_back`, the input's own
+    pixels outside the edit area, so only the edit area is upsampled."""
+    side = face.shape[0]
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.BICUBIC)
+    return paste(image, face, *at_side(area, margin, side)) if paste_back else image
 
 
 def paste(image: Image.Image, face: np.ndarray, area: np.ndarray, margin: int) -> Image.Image:
@@ -259,16 +272,21 @@ def edit(
         region_ids = [class_ids(regions)] * n
 
     # validate every input before any model work
-    faces = [load_face(im, size) for im in cols["images"]]
+    inputs = [load_face(im, None, pipe.cfg.sample.max_input_pixels) for im in cols["images"]]  # own size
+    faces = [load_face(im, size) for im in inputs]
     targets = [pipe.load_mask(m, size) for m in cols["masks"]]
     sources = [pipe.load_mask(m, size) for m in cols["source masks"]]
     stored_targets = [pipe.stored_map(m, size) for m in cols["masks"]]  # global_map: stored only
     stored_sources = [pipe.stored_map(m, size) for m in cols["source masks"]]
     areas = [edit_area(s, t, r) for s, t, r in zip(sources, targets, region_ids)]
+    empty = [i for i, a in enumerate(areas) if not a.any()]
+    if empty:
+        raise SamplingError(f"nothing to edit{'' if n == 1 else f' in edit {empty[0] + 1}'}: the edited mask equals the source "
+                            "mask and no region named is in it; name the regions the prompt is about (e.g. hair), "
+                            "or every class to redraw the whole face")
 
     run_steps = min(steps, max(1, round(steps * strength)))  # the last run_steps of the schedule, as img2img counts
-    editor = _Editor(pipe, steps, run_steps, guidance, condition_scale, (cfg_scale, text_cfg_scale), size, inversion, int(margin),
-                     bool(paste_back))
+    editor = _Editor(pipe, steps, run_steps, guidance, condition_scale, (cfg_scale, text_cfg_scale), size, inversion, int(margin))
     per_batch = run_steps * (2 if inversion == "ode" else 1)
     total, done = per_batch * math.ceil(n / batch_size), 0
 
@@ -287,16 +305,18 @@ def edit(
             images += editor.batch(faces[sl], sources[sl], targets[sl], areas[sl], cols["prompts"][sl],
                                    cols["source prompts"][sl], seeds[sl], step_done, stored_sources[sl],
                                    stored_targets[sl])
+    images = [at_input_size(im, face, area, int(margin), bool(paste_back)) for im, face, area in zip(images, inputs, areas)]
     settings = dict(steps=steps, denoised_steps=run_steps, guidance=guidance, condition_scale=condition_scale,
                     cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale,
                     size=size, seeds=seeds, strength=float(strength), inversion=inversion, margin=int(margin),
                     paste_back=bool(paste_back), regions=[[CLASSES[c] for c in r] for r in region_ids],
+                    output_sizes=[int(f.shape[0]) for f in inputs],
                     edited_fraction=[round(float(a.mean()), 4) for a in areas])
     return EditOutput(images, areas, settings)
 
 
 def parse_face(image: Any, parser: str = "segformer", weights_dir: str = "checkpoints/eval",
-               device: Optional[str] = None) -> np.ndarray:
+               device: Optional[str] = None, max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """A face's own mask from a face parser: the eval suite's SegFormer (weights under
     `weights_dir`/face-parsing) or SynthFaces' exact colour parser. uint8 labels at the image's size."""
     from .eval.errors import EvalError
@@ -304,7 +324,7 @@ def parse_face(image: Any, parser: str = "segformer", weights_dir: str = "checkp
     from .eval.weights import FACE_PARSER, default_path
     from .pipeline import SamplingError
 
-    img = read_face(image)
+    img = read_face(image, max_pixels)
     try:
         model = load_parser(parser, default_path(weights_dir, FACE_PARSER), device or "cpu")
     except EvalError as err:

@@ -58,12 +58,14 @@ def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
         return []
     import yaml
 
+    from .config import load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise SamplingError(f"preset not found: {path} (e.g. configs/official-sampler.yaml)") from None
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, ConfigError) as err:
         raise SamplingError(f"preset {path} is not readable YAML: {one_line(err)}") from None
     if not isinstance(data, dict):
         raise SamplingError(f"preset {path} must hold a mapping of config keys")
@@ -80,10 +82,11 @@ def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
 
 def user_errors() -> tuple[type, ...]:
     """Exception types whose message is meant for the user (the CLIs print them as one line)."""
+    from .image_files import ImageFileError
     from .models.builder import BackboneError
     from .models.quantization import QuantizationError
 
-    return (SamplingError, ConfigError, BackboneError, MaskError, QuantizationError)
+    return (SamplingError, ConfigError, BackboneError, MaskError, ImageFileError, QuantizationError)
 
 
 def one_line(err: BaseException) -> str:
@@ -335,7 +338,7 @@ class FaceMoGLEPipeline:
         """A mask (path, PIL, array or label tensor; None = text-only) → uint8 labels size × size."""
         if mask is None:
             return None
-        return load_label_map(mask, size)
+        return load_label_map(mask, size, self.cfg.sample.max_input_pixels)
 
     def stored_map(self, mask: Any, size: int) -> Optional[np.ndarray]:
         """With `model.global_map: stored`, the mask as stored, uint8 size × size × 3 (a file:
@@ -343,7 +346,7 @@ class FaceMoGLEPipeline:
         otherwise or without a mask. The global map can only be rendered so from the file itself."""
         if mask is None or self.cfg.model.global_map != "stored":
             return None
-        return render_stored(mask, size)
+        return render_stored(mask, size, self.cfg.sample.max_input_pixels)
 
     def timesteps(self, steps: int, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(model timesteps in [0,1] [steps], sigmas [steps+1] ending at 0) as FluxPipeline sets them."""

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..labels import NUM_CLASSES, NUM_MAPS
+from ..image_files import ImageFileError, read_rgb
 from .masks import MaskError, load_label_map
 
 
@@ -106,13 +107,12 @@ def check_files(root: str | os.PathLike, ids: list[int], captions: dict[int, lis
 def load_face(path: str | os.PathLike, size: int) -> torch.Tensor:
     """RGB image → float [3, size, size] in [0, 1]."""
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BICUBIC)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read image ({err})") from None
+        img = read_rgb(path)  # upright (EXIF), 16-bit scaled, alpha over white, size-bounded
+    except ImageFileError as err:
+        raise DataError(str(err)) from None
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from face_mogle.image_files import MAX_INPUT_PIXELS, ImageFileError, open_image
 from face_mogle.labels import NUM_CLASSES, NUM_MAPS, PALETTE
 from face_mogle.utils import atomic_write
 
@@ -117,7 +118,7 @@ def _image_to_labels(img: Image.Image, name: str) -> np.ndarray:
     raise _fail(name, f"unsupported image mode {mode!r} (use L, P, I, I;16 or palette-coloured RGB)")
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_pixels: int) -> Image.Image:
     name = str(path)
     if not path.exists():
         raise _fail(name, "mask file not found")
@@ -126,12 +127,9 @@ def _open(path: Path) -> Image.Image:
     if path.stat().st_size == 0:
         raise _fail(name, "mask file is empty (0 bytes)")
     try:
-        img = Image.open(path)
-        img.load()  # decode now, so truncated data fails here and not later
-    except Exception as exc:  # PIL raises many types for bad data (OSError, SyntaxError, zlib...)
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise _fail(name, f"unreadable or corrupt image ({detail})") from None
-    return img
+        return open_image(path, max_pixels, "mask")  # size-checked before decoding, EXIF orientation applied
+    except ImageFileError as err:
+        raise MaskError(str(err)) from None
 
 
 def _target_hw(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -141,17 +139,19 @@ def _target_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def load_label_map(path_or_image: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+def load_label_map(path_or_image: Any, size: int | tuple[int, int] | None = None,
+                   max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """Read a label map from a file path, PIL image, numpy array or torch tensor.
 
     Accepted images: single-channel L / P (palette indices are the labels) / I / I;16, and RGB(A)
     painted in the CelebAMask-HQ PALETTE (or grey with values 0..18). `size` (int or (H, W))
-    resizes with nearest neighbour only, so no new label values appear.
+    resizes with nearest neighbour only, so no new label values appear; an int size needs a square
+    mask (as faces are: a stretch would move every region). A file may hold at most `max_pixels`.
     Returns uint8 [H, W]. Raises MaskError with a one-line message on any bad input.
     """
     if isinstance(path_or_image, (str, os.PathLike)):
         name = str(path_or_image)
-        with _open(Path(path_or_image)) as img:
+        with _open(Path(path_or_image), max_pixels) as img:
             labels = _image_to_labels(img, name)
     elif isinstance(path_or_image, Image.Image):
         name = getattr(path_or_image, "filename", "") or "<image>"
@@ -169,6 +169,9 @@ def load_label_map(path_or_image: Any, size: int | tuple[int, int] | None = None
     if labels.size == 0:
         raise _fail(name, f"label map has zero size {labels.shape}")
     if size is not None:
+        if isinstance(size, (int, np.integer)) and labels.shape[0] != labels.shape[1]:
+            raise _fail(name, f"the mask is {labels.shape[1]}x{labels.shape[0]}: it must be square, as the face "
+                              "(a stretch would move every region); crop it to a square first")
         h, w = _target_hw(size)
         if h <= 0 or w <= 0:
             raise _fail(name, f"invalid target size {size}")
@@ -177,7 +180,8 @@ def load_label_map(path_or_image: Any, size: int | tuple[int, int] | None = None
     return labels
 
 
-def render_stored(path_or_image: Any, size: int | tuple[int, int] | None = None) -> np.ndarray:
+def render_stored(path_or_image: Any, size: int | tuple[int, int] | None = None,
+                  max_pixels: int = MAX_INPUT_PIXELS) -> np.ndarray:
     """The mask as it is stored, in RGB: uint8 [H, W, 3] (the `global_map: stored` map, x 255).
 
     A file: exactly `Image.open(path).convert("RGB")` (palette colours for a P file, label grey for
@@ -188,8 +192,8 @@ def render_stored(path_or_image: Any, size: int | tuple[int, int] | None = None)
     """
     if isinstance(path_or_image, (str, os.PathLike)):
         name = str(path_or_image)
-        with _open(Path(path_or_image)) as img:
-            _image_to_labels(img, name)  # the same validation as the labels
+        with _open(Path(path_or_image), max_pixels) as img:
+            _image_to_labels(img, name)  # the same validation (and reading: size bound, EXIF) as the labels
             rgb = img.convert("RGB")
     elif isinstance(path_or_image, Image.Image):
         name = getattr(path_or_image, "filename", "") or "<image>"

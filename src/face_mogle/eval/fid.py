@@ -75,6 +75,17 @@ def inception_features(paths: list[Path], model, mode: str, device: str, batch_s
     """[N, 2048] features through clean-fid's own file reading, resizing and batching."""
     from cleanfid.fid import get_files_features
 
+    from face_mogle.image_files import ImageFileError, needs_conversion, open_header
+
+    for p in paths:  # clean-fid reads with a plain convert("RGB"): refuse what that would read wrong
+        try:
+            with open_header(p) as img:
+                why = needs_conversion(img)
+        except ImageFileError as e:
+            raise EvalError(f"cannot read an image for FID/KID: {e}") from None
+        if why:
+            raise EvalError(f"{p} has {why}, which clean-fid's reader ignores: save it as 8-bit RGB "
+                            "(as a viewer shows it) for FID/KID")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from face_mogle.eval.errors import EvalError
+from face_mogle.image_files import ImageFileError, read_rgb
 
 
 def load_rgb(path: str | Path, size: int | None = None, resample: int = Image.BICUBIC) -> Image.Image:
@@ -21,10 +22,9 @@ def load_rgb(path: str | Path, size: int | None = None, resample: int = Image.BI
     The published protocol compares 512² images, so real 1024² faces are brought to 512 first.
     """
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise EvalError(f"cannot read image {path}: {e}") from None
+        img = read_rgb(path)  # upright (EXIF), 16-bit scaled, alpha over white, size-bounded
+    except ImageFileError as e:
+        raise EvalError(f"cannot read image {e}") from None
     if size and img.size != (size, size):
         img = img.resize((size, size), resample)
     return img

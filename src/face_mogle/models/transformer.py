@@ -25,7 +25,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import LoraConfig
+from ..config import ConfigError, LoraConfig
 
 
 @dataclass
@@ -49,6 +49,9 @@ def _linear(module: nn.Module, x: torch.Tensor, lora: bool) -> torch.Tensor:
     return module(x) if lora else _base(module)(x)
 
 
+OFFICIAL_EXAMPLES = ("x_embedder", "transformer_blocks.*.attn.to_q", "single_transformer_blocks.*.proj_out")
+
+
 def lora_target_regex(patterns: list[str]) -> str:
     """Official target names ('transformer_blocks.*.attn.to_q') → one regex peft full-matches."""
     parts = [re.escape(p).replace(r"\*", r"\d+") for p in patterns]
@@ -59,6 +62,11 @@ def add_lora(transformer: nn.Module, cfg: LoraConfig, adapter_name: str = "defau
     """Insert LoRA adapters (peft) on the configured target modules of the transformer."""
     from peft import LoraConfig as PeftLoraConfig
 
+    names = [n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)]
+    for pattern in cfg.target_modules:  # peft skips a name that matches nothing: a typo would train less
+        if not any(re.fullmatch(lora_target_regex([pattern]), n) for n in names):
+            raise ConfigError(f"config key 'model.lora.target_modules': {pattern!r} names no linear layer of the "
+                              f"transformer (e.g. {', '.join(OFFICIAL_EXAMPLES)})")
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -122,6 +122,13 @@ def load_checkpoint(path: str | Path, named_params: dict[str, torch.nn.Parameter
             f"checkpoint {path} does not match the model ({len(missing)} missing, {len(unexpected)} unexpected "
             f"parameters, e.g. {(missing or unexpected)[:2]}): was the config changed?"
         )
+    resized = [(n, tuple(weights[n].shape), tuple(p.shape)) for n, p in named_params.items() if weights[n].shape != p.shape]
+    if resized:  # e.g. another model.lora.r: the files are fine, the model is not the one they were saved from
+        name, saved, now = resized[0]
+        raise CheckpointError(
+            f"checkpoint {path} was saved from other layer sizes ({len(resized)} parameters differ, e.g. {name}: "
+            f"{list(saved)} there, {list(now)} here): was model.lora.r or another model.* key changed?"
+        )
     with torch.no_grad():
         for name, p in named_params.items():
             p.copy_(weights[name].to(p.dtype))

@@ -202,6 +202,11 @@ class Trainer:
         folder are refused unless `overwrite` (then the old checkpoints are removed first)."""
         from ..config import load_config
 
+        # a config mistake (runs_dir a file, a read-only place) is named now, not as a full disk later
+        place = next(p for p in [self.run_dir, *self.run_dir.parents] if p.exists())
+        if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
+            what = "is a file, not a folder" if not place.is_dir() else "is not writable"
+            raise TrainingError(f"cannot make the run folder {self.run_dir}: {place} {what} (check train.runs_dir and name)")
         if resume is None:
             held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists() and name != "checkpoints"]
             held = (["checkpoints"] if list_checkpoints(self.run_dir) else []) + held

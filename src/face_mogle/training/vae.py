@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from ..data.dataset import DataError, read_split
+from ..image_files import ImageFileError, read_rgb
 from ..models.builder import TINY_DEMO_SPEC, TinySpec, build_tiny_backbone
 from .region_weights import pixel_weights
 
@@ -45,10 +46,9 @@ def load_faces(root: Path, ids: list[int], size: int) -> torch.Tensor:
     for k, i in enumerate(ids):
         path = root / "face" / f"{i}.jpg"
         try:
-            with Image.open(path) as img:
-                out[k] = np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: cannot read image ({err})") from None
+            out[k] = np.asarray(read_rgb(path).resize((size, size), Image.BICUBIC))
+        except ImageFileError as err:
+            raise DataError(str(err)) from None
     return torch.from_numpy(out).permute(0, 3, 1, 2)
 
 

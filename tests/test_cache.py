@@ -139,15 +139,15 @@ def test_interrupted_build_resumes_to_identical_files(built, root, tiny_backbone
 
     # killed in the middle of the second shard (a stray temp file left behind)
     (tmp_path / "cache" / ".shard-00001.safetensors.abc.tmp").write_bytes(b"partial")
-    real = cache_mod._encode_shard
+    real = cache_mod.builder._encode_shard
 
     def dies(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod, "_encode_shard", dies)
+    monkeypatch.setattr(cache_mod.builder, "_encode_shard", dies)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, "both", **quiet)
-    monkeypatch.setattr(cache_mod, "_encode_shard", real)
+    monkeypatch.setattr(cache_mod.builder, "_encode_shard", real)
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["shards"]) == 1
 
     build_cache(cfg, "both", **quiet)  # the same command again continues

@@ -18,6 +18,7 @@ Layout of `data.cache_dir`:
         ids [n] · face_mean/face_std [n,C,h,w] · map_mean/map_std [M,C,h,w] (the non-empty maps)
         map_index [n,20] (row into map_*; -1 = the empty map) · caption_start [n+1] (offsets)
         prompt_embeds [K,L,D] · pooled_embeds [K,Dp] (K = all captions of the shard's samples)
+    .lock, .lock.holder       held by the one builder at work (a second is refused, naming it)
 
 `--no_text` builds a latents-only cache (no T5/CLIP embeddings; captions are then encoded during
 training): at FLUX.1-dev scale the T5 sequences are ~4 MiB per caption (512 × 4096 bf16), ~1.15 TiB
@@ -25,7 +26,7 @@ for MM-CelebA-HQ's ~300k captions, against ~0.1 TiB for all the latents.
 
 Everything is stored in the backbone's dtype (bfloat16 for FLUX.1-dev, float32 for the tiny
 preset). The VAE and text encoders compute in that dtype, so storing in it loses nothing: cached
-inputs equal uncached ones. Each shard is written to a temp file and renamed into place, then the
+inputs equal uncached ones. A shard whose stored ids differ from the manifest's list is stale. Each shard is written to a temp file and renamed into place, then the
 manifest is rewritten (also atomically): a killed build keeps its finished shards and a rerun of
 the same command continues where it stopped.
 

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from ...labels import NUM_CLASSES, NUM_MAPS
+from ...locks import FolderLock
 from ...utils import DTYPES, atomic_save_safetensors
 from ..dataset import DataError, check_files, load_face, read_captions
 from ..masks import MaskError, condition_stack_torch, load_label_map
 from .fingerprint import DTYPE_NAMES, _captions_digest, _changed_source, _source_fingerprints, cache_identity
-from .manifest import (FORMAT_VERSION, MANIFEST, SHARED, CacheError, _settings, _settings_difference, _shard_ok,
+from .manifest import (FORMAT_VERSION, MANIFEST, SHARED, CacheError, _settings, _settings_difference, shard_problem,
                        _split_ids, _write_manifest, read_manifest, require_cache_dir)
 
 MAX_SHARD_SIZE = 256  # samples per shard, at most
@@ -165,11 +166,8 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
     yet cached go into new shards. `max_shards` stops after that many shards were written;
     `quiet` silences per-batch library warnings (CLIP's 77-token truncation notes, dtype casts).
     `text=False` builds a latents-only cache (captions are then encoded during training).
+    One builder per folder: a second one is refused (FolderBusy) while the first runs.
     """
-    from tqdm.auto import tqdm
-
-    from ...models.builder import load_backbone
-
     cache_dir = require_cache_dir(cfg)
     if batch_size < 1:
         raise CacheError(f"--batch_size must be >= 1, got {batch_size}")
@@ -179,6 +177,18 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
     ids = _split_ids(cfg, split)
     captions = read_captions(root, ids)
     check_files(root, ids, captions, need_faces=True)
+    # Two builders would interleave their shards under one manifest.
+    with FolderLock(cache_dir, "latent cache folder"):
+        return _build_locked(cfg, cache_dir, root, ids, captions, split, batch_size, device, backbone, shard_size,
+                             overwrite, max_shards, progress, log, config_path, quiet, text)
+
+
+def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: dict, split: str, batch_size: int,
+                  device: str, backbone, shard_size: Optional[int], overwrite: bool, max_shards: Optional[int],
+                  progress: bool, log, config_path: Optional[str], quiet: bool, text: bool) -> Path:
+    from tqdm.auto import tqdm
+
+    from ...models.builder import load_backbone
 
     def refuse(diff):
         return CacheError(f"latent cache {cache_dir} does not match this config: {diff}; pass --overwrite "
@@ -225,7 +235,7 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
         unknown = [i for i in shard["ids"] if i not in captions]
         if unknown:  # ids of another split: read their captions too
             captions.update(read_captions(root, unknown))
-        ok = _shard_ok(cache_dir, shard)
+        ok = shard_problem(cache_dir, shard) is None
         if ok and all(i in captions for i in shard["ids"]):  # captions changed since → re-encode
             ok = _captions_digest(shard["ids"], captions) == shard["captions_sha1"]
         if ok:  # a face or mask replaced, touched with new bytes or deleted since → re-encode

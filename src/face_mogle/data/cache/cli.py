@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ...locks import FolderBusy
 from ..dataset import DataError
 from ..masks import MaskError
 from .builder import MAX_SHARD_SIZE, build_cache
@@ -50,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         build_cache(cfg, split=args.split, batch_size=args.batch_size, device=device,
                     shard_size=args.shard_size, overwrite=args.overwrite, max_shards=args.max_shards,
                     progress=not args.no_progress, config_path=args.config, quiet=True, text=not args.no_text)
-    except (CacheError, ConfigError, DataError, BackboneError, MaskError) as err:
+    except (CacheError, ConfigError, DataError, BackboneError, MaskError, FolderBusy) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     return 0

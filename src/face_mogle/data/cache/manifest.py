@@ -93,9 +93,30 @@ def _write_manifest(cache_dir: Path, manifest: dict) -> None:
     atomic_write(cache_dir / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
 
-def _shard_ok(cache_dir: Path, shard: dict) -> bool:
+def shard_problem(cache_dir: Path, shard: dict) -> Optional[str]:
+    """What is wrong with a listed shard file (None: usable): missing, another size than recorded,
+    or other ids than the manifest lists (as two builders writing one folder at once could leave)."""
     path = cache_dir / shard["file"]
-    return path.is_file() and path.stat().st_size == shard["bytes"]
+    if not path.is_file():
+        return f"{shard['file']} is missing"
+    if path.stat().st_size != shard["bytes"]:
+        return f"{shard['file']} has {path.stat().st_size} bytes, the manifest records {shard['bytes']} (truncated?)"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            stored = f.get_tensor("ids").tolist()
+    except Exception as err:  # safetensors' own error type for a damaged header
+        return f"{shard['file']} is unreadable ({' '.join(str(err).split())[:120]})"
+    if stored != list(shard["ids"]):
+        return (f"{shard['file']} holds ids {_span(stored)}, the manifest lists {_span(shard['ids'])} "
+                "(written by two builders at once?)")
+    return None
+
+
+def _span(ids) -> str:
+    ids = list(ids)
+    return "(none)" if not ids else f"{ids[0]}..{ids[-1]} ({len(ids)})" if len(ids) > 3 else ", ".join(map(str, ids))
 
 
 # --------------------------------------------------------------------------------------------

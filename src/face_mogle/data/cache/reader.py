@@ -14,7 +14,7 @@ from ...labels import NUM_MAPS
 from ...utils import DTYPES
 from ..dataset import SampleChoice, read_split, sample_choice, split_spec
 from .fingerprint import _changed_source, cache_identity
-from .manifest import (MANIFEST, SHARED, CacheError, _changed_caption_shards, _settings_difference, _shard_ok,
+from .manifest import (MANIFEST, SHARED, CacheError, _changed_caption_shards, _settings_difference, shard_problem,
                        _split_ids, build_command, read_manifest, require_cache_dir)
 
 
@@ -138,10 +138,10 @@ def open_cache(cfg, backbone, split: Optional[str] = "train", config_path: Optio
         raise CacheError(f"{where} is stale: {diff}; rebuild it with: {build_command(cfg, config_path, True)}")
     if not (cache_dir / SHARED).is_file():
         raise CacheError(f"{where} is incomplete: {SHARED} is missing; complete it with: {build_command(cfg, config_path)}")
-    bad = [s["file"] for s in manifest["shards"] if not _shard_ok(cache_dir, s)]
+    bad = [why for s in manifest["shards"] if (why := shard_problem(cache_dir, s))]
     if bad:
-        raise CacheError(f"{where} is incomplete: {len(bad)} shard file(s) missing or truncated, e.g. {bad[0]}; "
-                         f"complete it with: {build_command(cfg, config_path)}")
+        raise CacheError(f"{where} is incomplete: {len(bad)} shard file(s) missing, truncated or not matching the "
+                         f"manifest, e.g. {bad[0]}; complete it with: {build_command(cfg, config_path)}")
     cache = LatentCache(cache_dir, manifest)
     if split is not None:
         wanted = _split_ids(cfg, split)

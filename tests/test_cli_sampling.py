@@ -333,7 +333,7 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         (["--run", run, "--prompt", "x", "--cfg_scale", "0.5"], "--cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--text_cfg_scale", "nan"], "--text_cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--seed", str(2**70)], "--seed must be in"),
-        (["--run", run, "--mask", str(good), "--output", str(good)], "is the input mask"),
+        (["--run", run, "--mask", str(good), "--output", str(good)], "is the input --mask"),
         (["--run", run, "--prompt", "x", "--size", "4096"], "above sample.max_size 2048"),
         # found once the model is loaded
         (["--run", run, "--prompt", "x", "--size", "36"], "multiple of 8"),
@@ -346,6 +346,35 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         assert script.main(args) == 2, args
         assert_one_line_error(capsys.readouterr().err, needle)
     assert Image.open(good).size == (64, 64) and not Path(out).exists()  # nothing written, the mask intact
+
+
+def test_inference_side_files_never_land_on_an_input_or_in_a_data_set(tiny_run, tmp_path, capsys):  # noqa: F811
+    script = load_script("inference")
+    data = tmp_path / "data"  # a data set: a folder with mask/ and text.json
+    (data / "mask").mkdir(parents=True)
+    (data / "text.json").write_text('{"0.jpg": ["a face"]}')
+    mask, face, gates_named = tmp_path / "m.png", tmp_path / "o_source_mask.png", tmp_path / "o_gates.png"
+    Image.fromarray(draw_mask(0, 64), "L").save(mask)
+    Image.new("RGB", (64, 64), "white").save(face)
+    Image.fromarray(draw_mask(1, 64), "L").save(gates_named)
+    inputs = {p: p.read_bytes() for p in (mask, face, gates_named, data / "text.json")}
+    (tmp_path / "link").symlink_to(data / "mask")
+    out = str(tmp_path / "o.png")
+    for args, needles in [
+        # --output DATA/text.png: its settings record would have been the data set's text.json
+        (["--mask", str(mask), "--output", str(data / "text.png")], ["text.png would write into the data set"]),
+        (["--mask", str(mask), "--output", str(data / "mask" / "new.png")], ["--output", "data set"]),
+        (["--mask", str(mask), "--output", str(tmp_path / "link" / "new.png")], ["--output", "data set"]),  # link into it
+        # the parsed source mask of o.png is o_source_mask.png, here the face being edited
+        (["--image", str(face), "--mask", str(mask), "--output", out], ["its parsed source mask", "is the input --image"]),
+        # the expert map of o.png is o_gates.png, here the input mask
+        (["--mask", str(gates_named), "--gates", "--output", out], ["its expert map", "is the input --mask"]),
+    ]:
+        capsys.readouterr()
+        assert script.main(["--run", str(tiny_run), "--prompt", "x", *args]) == 2, args
+        assert_one_line_error(capsys.readouterr().err, *needles)
+    assert {p: p.read_bytes() for p in inputs} == inputs
+    assert not Path(out).exists() and sorted(p.name for p in data.iterdir()) == ["mask", "text.json"]
 
 
 def test_truncated_weight_file_is_one_line(tiny_run, tmp_path):  # noqa: F811

@@ -26,9 +26,10 @@ for MM-CelebA-HQ's ~300k captions, against ~0.1 TiB for all the latents.
 
 Everything is stored in the backbone's dtype (bfloat16 for FLUX.1-dev, float32 for the tiny
 preset). The VAE and text encoders compute in that dtype, so storing in it loses nothing: cached
-inputs equal uncached ones. A shard whose stored ids differ from the manifest's list is stale. Each shard is written to a temp file and renamed into place, then the
+inputs equal uncached ones. Each shard is written to a temp file and renamed into place, then the
 manifest is rewritten (also atomically): a killed build keeps its finished shards and a rerun of
-the same command continues where it stopped.
+the same command continues where it stopped. A shard whose stored ids differ from the manifest's
+list is not used (the reader refuses it, the builder re-encodes it).
 
 Build:  python -m face_mogle.data.cache --config CONFIG [--set data.cache_dir=DIR] [--split both]
 

@@ -102,6 +102,8 @@ def demo_args(argv):
 
 def check_inputs(args) -> None:
     """Everything that can be checked before loading a model."""
+    from face_mogle.outputs import check_outputs
+
     if not args.run:
         if not (DEMO_RUN / "config.yaml").is_file():
             raise UsageError(f"no --run given and the shipped tiny model {DEMO_RUN} is missing: pass --run RUN "
@@ -147,8 +149,6 @@ def check_inputs(args) -> None:
         if labels.shape[0] != labels.shape[1]:
             raise UsageError(f"--mask {args.mask} is {labels.shape[1]}x{labels.shape[0]}: masks must be square, as the faces")
     out = Path(args.output)
-    if args.mask is not None and out.resolve() == Path(args.mask).resolve():
-        raise UsageError(f"--output {out} is the input mask: it would be overwritten; write elsewhere")
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"--output must end in {', '.join(FORMATS)}; got {out}")
     if out.is_dir():
@@ -167,6 +167,24 @@ def check_inputs(args) -> None:
             pass
     except OSError as err:
         raise UsageError(f"output {out} is not writable: {err.strerror or err}") from None
+    check_outputs(output_paths(args), input_paths(args))
+
+
+def output_paths(args) -> dict[str, Path]:
+    """Every file this run will write, by what it is (write_outputs writes these and no others)."""
+    out = Path(args.output)
+    paths = {"--output": out, "its settings record": out.with_suffix(".json")}
+    if args.gates:
+        paths["its expert map"] = out.with_name(out.stem + "_gates.png")
+    if args.image is not None and args.source_mask is None:
+        paths["its parsed source mask"] = out.with_name(out.stem + "_source_mask.png")
+    return paths
+
+
+def input_paths(args) -> dict[str, list]:
+    run = Path(args.run)
+    return {"--mask": [args.mask], "--image": [args.image], "--source_mask": [args.source_mask],
+            "--preset": [args.preset], "--run": [run / name for name in (*RUN_FILES, "mogle.safetensors", "mogle.pt")]}
 
 
 def run_config(args):
@@ -205,11 +223,6 @@ def check_edit_inputs(args) -> None:
     for r in (args.regions or "").split(","):
         if r.strip() and r.strip() not in CLASSES:
             raise UsageError(f"--regions: unknown class {r.strip()!r}; classes: {', '.join(CLASSES)}")
-    out = Path(args.output).resolve()
-    for name in ("image", "source_mask"):
-        value = getattr(args, name)
-        if value is not None and out == Path(value).resolve():
-            raise UsageError(f"--output {args.output} is the input --{name}: it would be overwritten; write elsewhere")
 
 
 def warn_unread(pipe, prompt: str, option: str) -> list[str]:
@@ -331,10 +344,11 @@ def main(argv=None) -> int:
     from face_mogle.config import ConfigError
     from face_mogle.data.masks import MaskError
     from face_mogle.image_files import ImageFileError
+    from face_mogle.outputs import OutputError
 
     try:
         check_inputs(args)
-    except (UsageError, MaskError, ConfigError, ImageFileError) as err:
+    except (UsageError, MaskError, ConfigError, ImageFileError, OutputError) as err:
         print(f"inference.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 

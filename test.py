@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (repeatable)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the images, captions and manifest already in --output_dir (made with other settings or weights)")
+                   help="delete the images, captions and manifest test.py wrote in --output_dir (made with other settings or weights; "
+                        "its manifest records them by digest) and start afresh; other files there are never deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 

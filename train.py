@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     from face_mogle.data.cache import CacheError
     from face_mogle.data.dataset import DataError
     from face_mogle.data.masks import MaskError
+    from face_mogle.locks import FolderBusy
     from face_mogle.models.builder import BackboneError
     from face_mogle.training.checkpoint import CheckpointError
     from face_mogle.training.trainer import Trainer, TrainingError
@@ -44,7 +45,8 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides + memory_overrides(args))
         trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained, overwrite=args.overwrite)
         trainer.train()
-    except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError) as err:
+    except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError,
+            FolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

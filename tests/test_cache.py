@@ -139,15 +139,15 @@ def test_interrupted_build_resumes_to_identical_files(built, root, tiny_backbone
 
     # killed in the middle of the second shard (a stray temp file left behind)
     (tmp_path / "cache" / ".shard-00001.safetensors.abc.tmp").write_bytes(b"partial")
-    real = cache_mod._encode_shard
+    real = cache_mod.builder._encode_shard
 
     def dies(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache_mod, "_encode_shard", dies)
+    monkeypatch.setattr(cache_mod.builder, "_encode_shard", dies)
     with pytest.raises(KeyboardInterrupt):
         build_cache(cfg, "both", **quiet)
-    monkeypatch.setattr(cache_mod, "_encode_shard", real)
+    monkeypatch.setattr(cache_mod.builder, "_encode_shard", real)
     assert len(json.loads((tmp_path / "cache" / "manifest.json").read_text())["shards"]) == 1
 
     build_cache(cfg, "both", **quiet)  # the same command again continues
@@ -275,6 +275,51 @@ def test_cli_help_run_and_errors(root, tmp_path):
     out = run_cli(*base, "--set", "data.size=64", "--set", "data.condition_size=64")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "does not match this config: it was built with data.size=32, this config has 64" in out.stderr
+
+
+def test_one_builder_per_folder_and_shards_hold_the_ids_the_manifest_lists(built, root, tiny_backbone, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from face_mogle.locks import FolderBusy, FolderLock
+
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(built.data.cache_dir, cache_dir)
+    cfg = make_cfg(root, cache_dir)
+    quiet = dict(batch_size=4, backbone=tiny_backbone, shard_size=SHARD, progress=False, log=lambda m: None)
+    before = cache_files(cache_dir)
+    # another builder at work (the lock held through a second handle): refused at once, naming it
+    with FolderLock(cache_dir, "another builder"):
+        with pytest.raises(FolderBusy, match=rf"latent cache folder {cache_dir} is in use by pid {os.getpid()} "):
+            build_cache(cfg, "both", overwrite=True, **quiet)
+        capsys.readouterr()
+        args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--no_progress", "--device", "cpu"]
+        for setting in (f"data.root={root}", f"data.cache_dir={cache_dir}", f"data.size={SIZE}",
+                        f"data.condition_size={SIZE}", "max_sequence_length=32"):
+            args += ["--set", setting]
+        assert cache_mod.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is in use by pid" in err
+    assert cache_files(cache_dir) == before  # --overwrite deleted nothing
+    build_cache(cfg, "both", **quiet)  # free again
+
+    # a shard holding other ids than the manifest lists, at the recorded size (what two builders
+    # writing at once left): the reader refuses it, the builder re-encodes it
+    first = json.loads((cache_dir / "manifest.json").read_text())["shards"][0]
+    path = cache_dir / first["file"]
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors["ids"] = tensors["ids"] + 100
+    save_file(tensors, str(path), metadata=meta)
+    assert path.stat().st_size == first["bytes"]
+    ids = first["ids"]
+    with pytest.raises(CacheError, match=rf"{first['file']} holds ids {ids[0] + 100}\.\.{ids[-1] + 100} "
+                                         rf"\({len(ids)}\), the manifest lists {ids[0]}\.\.{ids[-1]}"):
+        open_cache(cfg, tiny_backbone, "both")
+    build_cache(cfg, "both", **quiet)
+    assert cache_files(cache_dir) == cache_files(built.data.cache_dir)
+    open_cache(cfg, tiny_backbone, "both")
 
 
 def test_cli_without_cache_dir_says_what_to_pass(root, capsys):

@@ -218,6 +218,84 @@ def test_generate_split_never_trusts_a_stale_or_broken_output(tiny_run, data_roo
     assert json.loads((out / "manifest.json").read_text())["weights"] != manifest["weights"]
 
 
+def tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_generate_split_touches_only_its_own_files(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
+    """--overwrite deletes, and a rerun skips, only the files the folder's manifest says test.py wrote."""
+    from face_mogle.locks import FolderLock
+
+    script = load_script("test")
+    base = ["--run", str(tiny_run), "--root", str(data_root), "--split", "splits/test.txt", "--quiet", "--limit", "2"]
+
+    def refused(out, *needles, extra=()):
+        capsys.readouterr()
+        assert script.main([*base, "--output_dir", str(out), *extra]) == 2
+        assert_one_line_error(capsys.readouterr().err, *needles)
+
+    # a copy of a data set (mask/, text.json, real faces and captions): refused, with --overwrite too
+    copy = tmp_path / "copy"
+    shutil.copytree(data_root, copy)
+    (copy / "face").mkdir()
+    for i in IDS:
+        Image.new("RGB", (8, 8), "white").save(copy / "face" / f"{i}.jpg")
+        (copy / "text" / f"{i}.txt").write_text(f"real caption {i}\n")
+    before = tree(copy)
+    for extra in ((), ("--overwrite",)):
+        refused(copy, "would write into the data set", extra=extra)
+    assert tree(copy) == before
+    # face/ linked into a data set: the same
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "face").symlink_to(copy / "face")
+    for extra in ((), ("--overwrite",)):
+        refused(linked, "would write into the data set", extra=extra)
+    assert tree(copy) == before
+
+    # a plain folder with faces test.py did not write: neither "already generated" nor deleted
+    foreign = tmp_path / "foreign"
+    shutil.copytree(copy / "face", foreign / "face")
+    for extra in ((), ("--overwrite",)):
+        refused(foreign, "holds 5 file(s) in face/ or text/ that test.py did not write", "100.jpg", extra=extra)
+    assert tree(foreign) == {k: v for k, v in before.items() if k.startswith("face/")}  # untouched, no manifest
+
+    # its own files: skipped on a rerun, replaced by --overwrite; a foreign file beside them stops both
+    out = tmp_path / "out"
+    assert script.main([*base, "--output_dir", str(out)]) == 0
+    made = tree(out)
+    assert sorted(made) == ["face/100.jpg", "face/101.jpg", "manifest.json", "text/100.txt", "text/101.txt"]
+    (out / "face" / "999.jpg").write_bytes(b"mine")
+    refused(out, "holds 1 file(s)", "face/999.jpg", "--overwrite deletes only what test.py wrote", extra=("--overwrite",))
+    refused(out, "holds 1 file(s)", "face/999.jpg")
+    assert (out / "face" / "999.jpg").read_bytes() == b"mine" and faces(out)["100.jpg"] == made["face/100.jpg"]
+    (out / "face" / "999.jpg").unlink()
+    # one of its faces replaced by another (readable) image: not its own any more
+    Image.open(out / "face" / "101.jpg").save(out / "face" / "101.jpg", quality=50)
+    edited = (out / "face" / "101.jpg").read_bytes()
+    refused(out, "face/101.jpg changed since test.py wrote it", extra=("--overwrite",))
+    assert (out / "face" / "101.jpg").read_bytes() == edited
+    (out / "face" / "101.jpg").write_bytes(made["face/101.jpg"])
+    assert script.main([*base, "--output_dir", str(out), "--overwrite"]) == 0
+    assert tree(out) == made  # deleted and made again, identically
+
+    # a manifest from before digests were recorded: the ids it lists done are taken as its own
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert script.main([*base, "--output_dir", str(out)]) == 0
+    assert "2 already in" in capsys.readouterr().out and tree(out) == made
+
+    # one writer per folder (and shard): a second is refused naming the first; --overwrite too while a shard runs
+    with FolderLock(out, "another test.py"):
+        refused(out, f"test.py output folder {out} is in use by pid {os.getpid()}")
+    with FolderLock(out, "shard 1", ".lock-shard-1-of-2"):
+        refused(out, "--overwrite: test.py output folder", "is in use by pid", extra=("--overwrite", "--shard", "0/2"))
+    assert tree(out) == made
+
+
 def test_generate_split_bad_inputs(tiny_run, data_root, tmp_path, capsys):  # noqa: F811
     script = load_script("test")
     out = str(tmp_path / "out")
@@ -333,7 +411,7 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         (["--run", run, "--prompt", "x", "--cfg_scale", "0.5"], "--cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--text_cfg_scale", "nan"], "--text_cfg_scale must be a finite number >= 1"),
         (["--run", run, "--prompt", "x", "--seed", str(2**70)], "--seed must be in"),
-        (["--run", run, "--mask", str(good), "--output", str(good)], "is the input mask"),
+        (["--run", run, "--mask", str(good), "--output", str(good)], "is the input --mask"),
         (["--run", run, "--prompt", "x", "--size", "4096"], "above sample.max_size 2048"),
         # found once the model is loaded
         (["--run", run, "--prompt", "x", "--size", "36"], "multiple of 8"),
@@ -346,6 +424,35 @@ def test_inference_bad_inputs(tiny_run, tmp_path, capsys):  # noqa: F811
         assert script.main(args) == 2, args
         assert_one_line_error(capsys.readouterr().err, needle)
     assert Image.open(good).size == (64, 64) and not Path(out).exists()  # nothing written, the mask intact
+
+
+def test_inference_side_files_never_land_on_an_input_or_in_a_data_set(tiny_run, tmp_path, capsys):  # noqa: F811
+    script = load_script("inference")
+    data = tmp_path / "data"  # a data set: a folder with mask/ and text.json
+    (data / "mask").mkdir(parents=True)
+    (data / "text.json").write_text('{"0.jpg": ["a face"]}')
+    mask, face, gates_named = tmp_path / "m.png", tmp_path / "o_source_mask.png", tmp_path / "o_gates.png"
+    Image.fromarray(draw_mask(0, 64), "L").save(mask)
+    Image.new("RGB", (64, 64), "white").save(face)
+    Image.fromarray(draw_mask(1, 64), "L").save(gates_named)
+    inputs = {p: p.read_bytes() for p in (mask, face, gates_named, data / "text.json")}
+    (tmp_path / "link").symlink_to(data / "mask")
+    out = str(tmp_path / "o.png")
+    for args, needles in [
+        # --output DATA/text.png: its settings record would have been the data set's text.json
+        (["--mask", str(mask), "--output", str(data / "text.png")], ["text.png would write into the data set"]),
+        (["--mask", str(mask), "--output", str(data / "mask" / "new.png")], ["--output", "data set"]),
+        (["--mask", str(mask), "--output", str(tmp_path / "link" / "new.png")], ["--output", "data set"]),  # link into it
+        # the parsed source mask of o.png is o_source_mask.png, here the face being edited
+        (["--image", str(face), "--mask", str(mask), "--output", out], ["its parsed source mask", "is the input --image"]),
+        # the expert map of o.png is o_gates.png, here the input mask
+        (["--mask", str(gates_named), "--gates", "--output", out], ["its expert map", "is the input --mask"]),
+    ]:
+        capsys.readouterr()
+        assert script.main(["--run", str(tiny_run), "--prompt", "x", *args]) == 2, args
+        assert_one_line_error(capsys.readouterr().err, *needles)
+    assert {p: p.read_bytes() for p in inputs} == inputs
+    assert not Path(out).exists() and sorted(p.name for p in data.iterdir()) == ["mask", "text.json"]
 
 
 def test_truncated_weight_file_is_one_line(tiny_run, tmp_path):  # noqa: F811

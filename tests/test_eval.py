@@ -332,6 +332,22 @@ def test_cli_bad_inputs_are_one_line(tmp_path):
     assert f"cannot write {blocker / 'r.json'}" in line
 
 
+def test_cli_out_never_lands_on_an_input_or_in_a_data_set(tmp_path):
+    make_images(tmp_path / "fake", range(2))
+    make_images(tmp_path / "real", range(2))
+    image = tmp_path / "real" / "1.png"
+    before = image.read_bytes()
+    line = assert_one_line_error(run_cli("--fake", str(tmp_path / "fake"), "--real", str(tmp_path / "real"),
+                                         "--metrics", "fid", "--out", str(image)))
+    assert f"--out {image} is the input --real {image}" in line and image.read_bytes() == before
+    data = tmp_path / "data"  # a data set root (it holds mask/): --out there would sit among its files
+    make_images(data / "face", range(2))
+    (data / "mask").mkdir()
+    line = assert_one_line_error(run_cli("--fake", str(tmp_path / "fake"), "--real", str(data), "--metrics", "fid",
+                                         "--out", str(data / "text.json")))
+    assert "would write into the data set" in line and not (data / "text.json").exists()
+
+
 def test_pairing_by_id_reports_missing_ids(tmp_path):
     from face_mogle.eval.errors import EvalError
     from face_mogle.eval.pairing import pair

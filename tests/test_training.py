@@ -172,6 +172,67 @@ def test_another_runs_checkpoint_with_another_lora_rank_is_named_as_such(data, t
         Trainer(cfg_for(data, tmp_path, **{"name": "r8", "train.max_steps": 2, "model.lora.r": 8}), resume=str(step))
 
 
+def test_resume_refuses_or_states_what_its_checkpoint_was_not_trained_with(data, tmp_path, capsys):
+    import json
+
+    split = tmp_path / "train.txt"
+    split.write_text("".join(f"{i}\n" for i in range(20)))
+    cfg = lambda **kw: cfg_for(data, tmp_path, **{"train.max_steps": 2, "data.train_split": split, **kw})  # noqa: E731
+    Trainer(cfg(**{"train.max_steps": 1})).train()
+    step1 = tmp_path / "t" / "checkpoints" / "step-1"
+    state = json.loads((step1 / "state.json").read_text())
+    assert state["num_processes"] == 1 and state["train_split"]["count"] == 20 and state["config"]["name"] == "t"
+    # another run's checkpoint into a new name, with another learning rate: the checkpoint's own
+    # config decides (its optimizer state would train at 0.001 while the new config.yaml said 0.01)
+    with pytest.raises(TrainingError, match=rf"differs from the config of checkpoint {step1} in train.optimizer.lr"):
+        Trainer(cfg(name="new", **{"train.optimizer.lr": 0.01}), resume=str(step1))
+    assert not (tmp_path / "new").exists()
+    # a checkpoint from before this record: the config.yaml of its own run decides
+    old = {k: v for k, v in state.items() if k in ("mode", "seed", "step")}
+    (step1 / "state.json").write_text(json.dumps(old))
+    with pytest.raises(TrainingError, match=rf"differs from {tmp_path / 't' / 'config.yaml'} in train.optimizer.lr"):
+        Trainer(cfg(name="new", **{"train.optimizer.lr": 0.01}), resume=str(step1))
+    # another process count: allowed (to finish on fewer GPUs), but the changed batch is said
+    (step1 / "state.json").write_text(json.dumps(dict(state, num_processes=2)))
+    capsys.readouterr()
+    assert Trainer(cfg(), resume="latest").start_step == 1
+    assert ("warning: the checkpoint was trained by 2 process(es), this launch has 1: the effective batch changes "
+            "from 4 to 2") in capsys.readouterr().err
+    # the training split lost ids since: the batch order would change
+    (step1 / "state.json").write_text(json.dumps(state))
+    split.write_text("".join(f"{i}\n" for i in range(19)))
+    with pytest.raises(TrainingError, match=r"training split changed since the checkpoint \(20 ids then, 19 now"):
+        Trainer(cfg(), resume="latest")
+    split.write_text("".join(f"{i}\n" for i in range(20)))
+    assert Trainer(cfg(), resume="latest").start_step == 1  # as it was: it continues
+
+
+def test_one_training_per_run_folder(data, tmp_path, capsys):
+    from face_mogle.locks import FolderLock
+
+    sys.path.insert(0, str(ROOT))
+    import train as train_script
+
+    (tmp_path / "t").mkdir()
+    with FolderLock(tmp_path / "t", "another training"):  # a training at work in runs/t
+        with pytest.raises(Exception, match=rf"run folder {tmp_path / 't'} is in use by pid {os.getpid()} "):
+            Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1}))
+        capsys.readouterr()
+        args = ["--config", str(ROOT / "configs" / "tiny.yaml")]
+        for key, value in [("data.root", data), ("train.runs_dir", tmp_path), ("name", "t"), ("train.max_steps", 1)]:
+            args += ["--set", f"{key}={value}"]
+        assert train_script.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is in use by pid" in err[0]
+    # two started together: the first check passes for both; the second finds the run once it may write
+    first, second = (Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})) for _ in range(2))
+    first.train()
+    made = {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir() if p.is_file()}
+    with pytest.raises(TrainingError, match="already holds a run"):
+        second.train()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "t").iterdir() if p.is_file()} == made
+
+
 def test_a_copied_run_folder_resumes_under_its_new_name(data, tmp_path):
     """script/ablation_tiny.sh exports a run's earlier checkpoint from a renamed copy of its folder."""
     import shutil
@@ -245,7 +306,7 @@ def test_export_is_one_unit_and_resume_repairs_it(data, tmp_path, capsys, mode):
     record = json.loads((run / "export.json").read_text())
     exported = sorted(record["files"])
     assert record["step"] == 2 and exported and all((run / f).stat().st_size == n for f, n in record["files"].items())
-    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == [".lock"]  # no temporary leftovers
     # a kill part-way through the export of step 2: one unit replaced by step 1's, or a folder gone
     if mode == "mogle":
         (run / "mogle.safetensors").write_bytes(b"stale")
@@ -346,6 +407,7 @@ def test_two_process_ddp_then_resume_single(data, tmp_path):
     out = run_cli([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/tiny.yaml"),
                    "--resume", "latest"] + cli_overrides(data, tmp_path, 4))
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "trained by 2 process(es), this launch has 1: the effective batch changes from 4 to 2" in out.stderr
     assert [p.name for p in list_checkpoints(run)] == ["step-2", "step-4"]
 
 

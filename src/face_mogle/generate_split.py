@@ -4,26 +4,29 @@ For each id of the split (MM-CelebA-HQ layout: `mask/{id}.png`, captions in `tex
 `text/{id}.txt`) the mask and the image's FIRST caption make one image, written atomically to
 `OUT/face/{id}.jpg`, with the caption to `OUT/text/{id}.txt`. The noise of image `id` is seeded
 by `image_seed(seed, id)` alone, so any subset, order, batch size or shard gives the same image for
-the same id: a run can be resumed (ids whose face is already there are skipped) and split over
+the same id: a run can be resumed (ids whose face test.py already wrote are skipped) and split over
 processes (`--shard i/n`, or automatically by RANK under torchrun / accelerate launch).
-`OUT/manifest.json` records the settings and the ids done; resuming with other settings is refused.
+`OUT/manifest.json` records the settings and the files written (see `output_record`); resuming with
+other settings, or into a folder holding files test.py did not write, is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
 import re
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import output_record as record
 from .data.dataset import DataError, read_captions, read_split, split_spec
-from .utils import atomic_write, update_hash
+from .locks import FolderBusy
+from .outputs import OutputError, check_outputs
+from .utils import update_hash
 
 SEED_STRIDE = 1_000_003  # a prime larger than any data set: (seed, id) pairs never collide
-MANIFEST = "manifest.json"
 JPEG_QUALITY = 95
 # Settings that must match to resume into an existing output folder.
 RESUME_KEYS = ("run", "weights", "backbone", "root", "split_spec", "seed", "steps", "guidance", "size",
@@ -112,6 +115,11 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise GenerationError(f"output folder {out} exists and is not a folder")
+    try:  # a copy of a data set, or face/ or text/ linked into one: its files would be taken for ours
+        check_outputs({"--output_dir": out / record.MANIFEST, "--output_dir's face/": out / "face" / "0.jpg",
+                       "--output_dir's text/": out / "text" / "0.txt"}, {})
+    except OutputError as err:
+        raise GenerationError(str(err)) from None
     try:
         for sub in ("face", "text"):
             (out / sub).mkdir(parents=True, exist_ok=True)
@@ -121,20 +129,6 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
         if not os.access(out / sub, os.W_OK | os.X_OK):
             raise GenerationError(f"output folder {out / sub} is not writable")
     return out
-
-
-def done_ids(out: Path) -> list[int]:
-    ids = []
-    for path in (out / "face").glob("*.jpg"):
-        if path.stem.isdigit():
-            ids.append(int(path.stem))
-    return sorted(ids)
-
-
-def _write_manifest(out: Path, settings: dict) -> None:
-    data = dict(settings, done=done_ids(out))
-    text = json.dumps(data, indent=1) + "\n"
-    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
 
 def weights_digest(run_dir: Optional[str | os.PathLike]) -> Optional[str]:
@@ -162,22 +156,10 @@ def intact(path: Path) -> bool:
         return False
 
 
-def clear_outputs(out: Path) -> None:
-    """--overwrite: remove what an earlier run wrote (its faces, captions and manifest)."""
-    for pattern in ("face/*.jpg", "text/*.txt", MANIFEST):
-        for path in out.glob(pattern):
-            path.unlink()
-
-
-def check_resume(out: Path, settings: dict) -> None:
+def check_resume(out: Path, old: Optional[dict], settings: dict) -> None:
     """Refuse to add images made with other settings to an existing output folder."""
-    path = out / MANIFEST
-    if not path.is_file():
+    if old is None:
         return
-    try:
-        old = json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        return  # unreadable: rewritten at the end of the first batch
     old = {"cfg_scale": 1.0, **old}  # folders made before classifier-free guidance existed had none
     old.setdefault("text_cfg_scale", old["cfg_scale"])  # nor, before it, a separate prompt weight
     diffs = [f"{k} {old.get(k)!r} != {settings.get(k)!r}" for k in RESUME_KEYS if k in old and old.get(k) != settings.get(k)]
@@ -213,8 +195,6 @@ def generate_split(
     `limit` keeps the first ids of the split (before sharding), so shards of a limited run still
     partition it.
     """
-    from tqdm import tqdm
-
     root = Path(root)
     if not root.is_dir():
         raise GenerationError(f"data root not found: {root} (expected mask/ and text.json or text/)")
@@ -255,18 +235,51 @@ def generate_split(
         max_sequence_length=cfg.sample.max_sequence_length,
         seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
     )
-    if overwrite:
-        clear_outputs(out)
-    check_resume(out, settings)
+    from filelock import Timeout
 
-    present = [i for i in ids if (out / "face" / f"{i}.jpg").is_file()]
-    broken = {i for i in present if not intact(out / "face" / f"{i}.jpg")}
+    lock = record.run_lock(out, shard)
+    try:
+        lock.acquire()  # one run per shard of a folder; FolderBusy names the one already at work
+        try:
+            with record.manifest_lock(out):
+                todo = _prepare(out, ids, settings, overwrite, lock, log)
+            return _generate(pipe, root, out, ids, todo, captions, settings, shard, split, batch_size, progress, log)
+        finally:
+            lock.release()
+    except (record.OutputFolderError, FolderBusy) as err:
+        raise GenerationError(str(err)) from None
+    except Timeout:
+        raise GenerationError(f"another shard held {out / record.MANIFEST_LOCK} for over {record.MANIFEST_WAIT_S} s: "
+                              "is it stuck? rerun the same command to continue") from None
+
+
+def _prepare(out: Path, ids: list[int], settings: dict, overwrite: bool, lock, log) -> list[int]:
+    """Under the manifest lock: apply --overwrite, check the settings and the folder's files, record
+    the settings; returns the ids still to generate."""
+    old = record.read(out)
+    files = record.own_files(old, out)
+    ours, broken, foreign = record.survey(out, files, intact)
+    if overwrite:
+        record.refuse_foreign(out, files, foreign, "--overwrite deletes")
+        record.check_no_other_writer(out, lock)
+        record.clear(out, ours, broken)
+        old, files, ours, broken = None, {}, set(), []
+    check_resume(out, old, settings)
+    record.refuse_foreign(out, files, foreign, "test.py skips and replaces")
+    record.write(out, settings, {rel: files[rel] for rel in sorted(ours) + broken})
     if broken:
-        log(f"{len(broken)} unreadable images in {out / 'face'} (e.g. {min(broken)}.jpg, cut by a crash?): generating them again")
-    todo = [i for i in ids if not (out / "face" / f"{i}.jpg").is_file() or i in broken]
+        log(f"{len(broken)} unreadable images in {out / 'face'} (e.g. {broken[0][5:]}, cut by a crash?): generating them again")
+    return [i for i in ids if f"face/{i}.jpg" not in ours]
+
+
+def _generate(pipe, root: Path, out: Path, ids, todo, captions, settings: dict, shard, split, batch_size: int,
+              progress: bool, log) -> dict:
+    from tqdm import tqdm
+
     skipped = len(ids) - len(todo)
     where = f" (shard {shard[0]}/{shard[1]})" if shard else ""
     log(f"{len(ids)} images in split {split!r}{where}: {skipped} already in {out / 'face'}, {len(todo)} to generate")
+    s = settings
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc="generate", disable=not progress, dynamic_ncols=True)
     try:
@@ -274,20 +287,19 @@ def generate_split(
             batch = todo[b : b + batch_size]
             result = pipe(
                 [captions[i] for i in batch], [str(root / "mask" / f"{i}.png") for i in batch],
-                seeds=[image_seed(seed, i) for i in batch], steps=steps, guidance=guidance,
-                condition_scale=condition_scale, cfg_scale=cfg_scale, text_cfg_scale=text_cfg_scale, size=size,
-                batch_size=len(batch),
+                seeds=[image_seed(s["seed"], i) for i in batch], steps=s["steps"], guidance=s["guidance"],
+                condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"],
+                size=s["size"], batch_size=len(batch),
             )
+            new = {}
             for i, image in zip(batch, result.images):
-                # Caption first: a face file marks the id as done.
-                text = captions[i] + "\n"
-                atomic_write(out / "text" / f"{i}.txt", lambda tmp, t=text: Path(tmp).write_text(t))
-                atomic_write(out / "face" / f"{i}.jpg",
-                             lambda tmp, im=image: im.save(tmp, format="JPEG", quality=JPEG_QUALITY))
-            _write_manifest(out, settings)
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+                new[f"text/{i}.txt"] = (captions[i] + "\n").encode()
+                new[f"face/{i}.jpg"] = buffer.getvalue()
+            record.commit(out, settings, RESUME_KEYS, new)
             bar.update(len(batch))
     finally:
         bar.close()
-    _write_manifest(out, settings)
     seconds = time.perf_counter() - start
     return dict(total=len(ids), generated=len(todo), skipped=skipped, seconds=seconds, output_dir=str(out))

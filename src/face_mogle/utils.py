@@ -35,6 +35,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def stage_file(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to a hidden temp file beside `path`, for the caller to `os.replace` onto it later
+    (when it must do other work between writing and renaming, e.g. record the file first)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
 def atomic_save_safetensors(tensors: dict, path: str | os.PathLike, metadata: Optional[dict] = None) -> Path:
     from safetensors.torch import save_file
 

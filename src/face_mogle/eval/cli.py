@@ -17,6 +17,7 @@ from face_mogle.eval.pairing import Pairing, image_folder, pair, read_caption
 from face_mogle.eval.weights import (CLIP_B16, CLIP_L14_336, DEFAULT_WEIGHTS_DIR, DINO_B8, FACE_PARSER,
                                      IMAGE_REWARD, INCEPTION, default_path, file_identity, inception_file,
                                      require_hf_folder)
+from face_mogle.outputs import OutputError, check_outputs
 
 ALL_METRICS = ("fid", "kid", "clip", "cmmd", "dino", "ir", "miou")
 DEFAULT_METRICS = "fid,kid,clip,cmmd,dino,ir"  # the published set; miou needs masks
@@ -241,6 +242,11 @@ def evaluate(args) -> dict:
     for target in [out] + ([Path(args.report)] if args.report else []):
         _check_writable(target)  # before minutes of metrics, not after the first one
     pairing, summary = resolve_inputs(args)
+    try:  # the JSON is rewritten after each metric: it must not land on an image or caption read here
+        targets = {"--out": out, **({"--report": Path(args.report)} if args.report else {})}
+        check_outputs(targets, {f"--{name}": files.values() for name, files in pairing.sources.items()})
+    except OutputError as err:
+        raise EvalError(str(err)) from None
     paths = model_paths(args)
     check_weights(args, paths)
     device = resolve_device(args.device)

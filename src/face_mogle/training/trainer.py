@@ -7,6 +7,7 @@ Determinism: the batch of micro-step k and every random draw of a step are funct
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, ConfigError, from_dict, save_config, to_dict
 from ..encoding import image_ids, text_ids
 from ..models.builder import load_backbone
 from ..models.face_mogle import FaceMoGLE
 from ..models.quantization import QuantizationError
 from ..models.transformer import three_stream_forward
+from ..locks import FolderLock
 from ..utils import DTYPES, atomic_write
 from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_resume, save_checkpoint
 from .objective import flow_matching_loss, noisy_and_target, sample_t, step_generator
@@ -95,16 +97,43 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(saved: Config, current: Config) -> None:
+def check_resume_config(saved: Config, current: Config, source: str = "the run's config.yaml") -> None:
     a, b = _flat(to_dict(saved)), _flat(to_dict(current))
     changed = sorted(k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES)
     if a.get("train.optimizer.decay") == "cosine" and a.get("train.max_steps") != b.get("train.max_steps"):
         changed.append("train.max_steps (the cosine decay is laid out over it)")
     if changed:
         raise TrainingError(
-            f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)} "
+            f"cannot resume: the config differs from {source} in {', '.join(changed)} "
             "(start a new run with another name, or resume with the same settings)"
         )
+
+
+def split_digest(ids) -> dict:
+    """The training split as it was when a checkpoint was saved: its order decides every batch."""
+    ids = [int(i) for i in ids]
+    return {"count": len(ids), "sha256": hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:32]}
+
+
+def process_change(state: dict, num_processes: int, batch_size: int) -> Optional[str]:
+    """What continuing a checkpoint under another process count changes (None: the same count, or a
+    checkpoint too old to record it). Allowed, e.g. to finish on fewer GPUs, but never silently."""
+    saved = state.get("num_processes")
+    if saved is None or saved == num_processes:
+        return None
+    return (f"the checkpoint was trained by {saved} process(es), this launch has {num_processes}: the effective "
+            f"batch changes from {saved * batch_size} to {num_processes * batch_size}, and the batch order with it "
+            f"(launch {saved} process(es) to continue exactly)")
+
+
+def check_resume_split(state: dict, split: dict) -> None:
+    """A checkpoint continues on its own training split: other ids would change the batch order."""
+    old = state.get("train_split")
+    if old is not None and old != split:
+        raise TrainingError(
+            f"cannot resume: the training split changed since the checkpoint ({old['count']} ids then, "
+            f"{split['count']} now, or other ids or order): the batch order would change; restore the split, "
+            "or start a new run (--set name=NEW_NAME)")
 
 
 def make_optimizer(cfg: Config, params: list[nn.Parameter]):
@@ -207,22 +236,42 @@ class Trainer:
         if not place.is_dir() or not os.access(place, os.W_OK | os.X_OK):
             what = "is a file, not a folder" if not place.is_dir() else "is not writable"
             raise TrainingError(f"cannot make the run folder {self.run_dir}: {place} {what} (check train.runs_dir and name)")
+        if self.acc.is_main_process and self.run_dir.is_dir():  # fail now, not after loading the backbone
+            self.run_lock().acquire().release()
+        self.overwrite = overwrite
         if resume is None:
-            held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists() and name != "checkpoints"]
-            held = (["checkpoints"] if list_checkpoints(self.run_dir) else []) + held
-            if held and not overwrite:
-                raise TrainingError(
-                    f"run folder {self.run_dir} already holds a run ({', '.join(held)}): pass --resume latest to "
-                    "continue it, --set name=NEW_NAME for a new run, or --overwrite to replace it"
-                )
-            if held and self.acc.is_main_process:
-                shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
+            self._refuse_a_held_folder()
             return None
         path = resolve_resume(self.run_dir, resume)
-        saved = self.run_dir / "config.yaml"
-        if saved.is_file():
-            check_resume_config(load_config(saved), self.cfg)
+        state = json.loads((path / "state.json").read_text())
+        # What the checkpoint's state was trained with: its own record, else its run's config.yaml
+        if "config" in state:
+            try:
+                check_resume_config(from_dict(state["config"]), self.cfg, f"the config of checkpoint {path}")
+            except ConfigError as err:
+                raise TrainingError(f"checkpoint {path}: its recorded config no longer loads ({err})") from None
+        else:
+            for saved in (path.parent.parent / "config.yaml", self.run_dir / "config.yaml"):
+                if saved.is_file():
+                    check_resume_config(load_config(saved), self.cfg, f"{saved}")
+                    break
+        change = process_change(state, self.acc.num_processes, self.cfg.train.batch_size)
+        if change and self.acc.is_main_process:
+            print(f"warning: {change}", file=sys.stderr)
         return path
+
+    def run_lock(self) -> FolderLock:
+        return FolderLock(self.run_dir, "run folder")
+
+    def _refuse_a_held_folder(self) -> None:
+        """A fresh start never writes over a run (unless --overwrite)."""
+        held = [name for name in RUN_CONTENTS if (self.run_dir / name).exists() and name != "checkpoints"]
+        held = (["checkpoints"] if list_checkpoints(self.run_dir) else []) + held
+        if held and not self.overwrite:
+            raise TrainingError(
+                f"run folder {self.run_dir} already holds a run ({', '.join(held)}): pass --resume latest to "
+                "continue it, --set name=NEW_NAME for a new run, or --overwrite to replace it"
+            )
 
     def _build(self) -> None:
         cfg, acc = self.cfg, self.acc
@@ -261,6 +310,9 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = scheduler  # stepped by hand once per optimizer step
         self.dataset = self._dataset()
+        self.split = split_digest(self.dataset.ids)
+        if self.resume_from is not None:
+            check_resume_split(state, self.split)
         sampler = StepBatches(len(self.dataset), cfg.train.batch_size, cfg.seed, acc.process_index,
                               acc.num_processes, start=self.start_step * cfg.train.grad_accum)
         from ..data.dataset import collate
@@ -366,7 +418,8 @@ class Trainer:
                 self.run_dir, step, {n: p for n, p in unwrapped.named_parameters() if p.requires_grad},
                 self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                 self.scheduler,
-                {"mode": self.cfg.train.mode, "seed": self.cfg.seed}, keep=self.cfg.train.keep_checkpoints,
+                {"mode": self.cfg.train.mode, "seed": self.cfg.seed, "num_processes": acc.num_processes,
+                 "train_split": self.split, "config": to_dict(self.cfg)}, keep=self.cfg.train.keep_checkpoints,
                 fail_after=fail,
             )
             self.export(unwrapped, step)
@@ -411,11 +464,24 @@ class Trainer:
             (self.run_dir / name).is_file() and (self.run_dir / name).stat().st_size == size for name, size in files.items())
 
     def train(self, on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
+        lock = self.run_lock() if self.acc.is_main_process else None
+        if lock is not None:
+            lock.acquire()  # one training per run folder; FolderBusy names the one already at work
+        try:
+            return self._train(on_step)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, on_step: Optional[Callable[[int, float], None]] = None) -> list[float]:
         from tqdm.auto import tqdm
 
         cfg, acc = self.cfg, self.acc
         if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_from is None:  # checked again under the lock: another run may have written here since
+                self._refuse_a_held_folder()
+                if self.overwrite:
+                    shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
             # folders of saves or exports a kill interrupted: never complete, never read
             for leftover in [*self.run_dir.glob(".export.*.tmp"), *self.run_dir.glob("checkpoints/.step-*.tmp")]:
                 shutil.rmtree(leftover, ignore_errors=True)

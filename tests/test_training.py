@@ -167,9 +167,18 @@ def test_existing_run_needs_resume_and_same_config(data, tmp_path):
 def test_another_runs_checkpoint_with_another_lora_rank_is_named_as_such(data, tmp_path):
     Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})).train()
     step = tmp_path / "t" / "checkpoints" / "step-1"
-    # into a new name: no saved config to compare, so the checkpoint's own shapes must tell
+    r8 = cfg_for(data, tmp_path, **{"name": "r8", "train.max_steps": 2, "model.lora.r": 8})
+    # the checkpoint's recorded config names the key
+    with pytest.raises(TrainingError, match=r"differs from the config of checkpoint .*step-1 in model.lora.r"):
+        Trainer(r8, resume=str(step))
+    # an older checkpoint without that record, from a run folder without its config: its own shapes tell
+    import json
+
+    state = json.loads((step / "state.json").read_text())
+    (step / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "config"}))
+    (tmp_path / "t" / "config.yaml").unlink()
     with pytest.raises(CheckpointError, match=r"step-1 was saved from other layer sizes \(\d+ parameters differ.*there.*here\): was model.lora.r"):
-        Trainer(cfg_for(data, tmp_path, **{"name": "r8", "train.max_steps": 2, "model.lora.r": 8}), resume=str(step))
+        Trainer(r8, resume=str(step))
 
 
 def test_resume_refuses_or_states_what_its_checkpoint_was_not_trained_with(data, tmp_path, capsys):

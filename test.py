@@ -73,6 +73,12 @@ def main(argv=None) -> int:
         pipe = FaceMoGLEPipeline.from_run(args.run, pretrained=args.pretrained, device=device,
                                           dtype=args.dtype, overrides=preset_overrides(args.preset) + args.overrides
                                           + memory_overrides(args))
+        from face_mogle.memory import cuda_lines
+
+        predicted, measured = cuda_lines(pipe.cfg, "sample", device=pipe.device, size=args.size,
+                                         batch_size=args.batch_size, pretrained=pipe.backbone.source)
+        if predicted:
+            print(predicted)
         summary = generate_split(
             pipe, args.root or pipe.cfg.data.root, args.split, args.output_dir, batch_size=args.batch_size,
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,
@@ -88,6 +94,8 @@ def main(argv=None) -> int:
         print(f"test.py: error: {what} at {err.filename or args.output_dir}; images written so far are complete: "
               "free space and rerun the same command to continue", file=sys.stderr)
         return 1
+    if measured:
+        print(measured())
     rate = summary["generated"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     print(f"generated {summary['generated']} images ({summary['skipped']} skipped) in "
           f"{summary['seconds']:.1f} s ({rate:.2f} img/s) -> {summary['output_dir']}")

@@ -43,8 +43,15 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides + memory_overrides(args))
+        from face_mogle.memory import cuda_lines
+
+        predicted, measured = cuda_lines(cfg, "train", pretrained=args.pretrained)
+        if predicted:
+            print(predicted)
         trainer = Trainer(cfg, resume=args.resume, pretrained=args.pretrained, overwrite=args.overwrite)
         trainer.train()
+        if measured:
+            print(measured())
     except (ConfigError, CacheError, DataError, MaskError, BackboneError, CheckpointError, TrainingError,
             FolderBusy) as err:
         print(f"error: {err}", file=sys.stderr)

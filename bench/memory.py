@@ -207,7 +207,7 @@ def flux_gpu(args) -> None:
             psnr = 10 * math.log10(reference.pow(2).max().item() / mse) if mse > 0 else float("inf")
         print(f"| {scheme} | {peak / GIB:.2f} | {predicted / GIB:.2f} | {seconds:.2f} | {psnr:.1f} |")
         del model
-    print("| staged encoders / offload model / leaf | owed: need the pipeline's staged encoders and sample.offload | | | |")
+    print("| staged encoders / offload model / leaf | owed: run inference.py --offload model|leaf (--quantize ...) on a FLUX.1-dev folder | | | |")
 
     print("\n| training step (checkpointing) | batch | measured peak (GiB) | predicted (GiB) | s / step |")
     print("|---|---|---|---|---|")

@@ -68,6 +68,11 @@ def diffusers_config(scheme: str, dtype: torch.dtype):
         from diffusers import BitsAndBytesConfig
 
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    import logging
+
+    # diffusers warns, on import, that it cannot allow-list torchao's old tensor classes for unpickling:
+    # nothing here unpickles torchao checkpoints (weights load from safetensors, then are quantized)
+    logging.getLogger("diffusers.quantizers.torchao.torchao_quantizer").setLevel(logging.ERROR)
     from diffusers import TorchAoConfig
 
     return TorchAoConfig(_torchao_config(scheme))

@@ -13,6 +13,7 @@ import torch
 
 from face_mogle.config import ConfigError, load_config
 from face_mogle.models.builder import BackboneError, TinySpec, load_backbone
+from face_mogle.models.face_mogle import FaceMoGLE
 from face_mogle.models.gguf import layout, to_bfl, to_diffusers
 from face_mogle.models.quantization import QuantizationError, quantized_scheme
 from face_mogle.pipeline import FaceMoGLEPipeline
@@ -118,6 +119,7 @@ def test_sampling_on_a_gguf_base_stays_close(tiny_run, tiny_gguf, tmp_path, capl
     plain = FaceMoGLEPipeline.from_run(tiny_run)(["a face", "b face", ""], masks, **kw)
     pipe = FaceMoGLEPipeline.from_run(tiny_run, overrides=[f"pretrained_transformer={tiny_gguf}"])
     assert "trained on a base quantized as none; the base is loaded as gguf-q8_0" in caplog.text
+    assert "pretrained_transformer: null matches it" in caplog.text
     out = pipe(["a face", "b face", ""], masks, **kw)
     assert out.settings["quantize"] == "gguf-q8_0" and plain.settings["quantize"] == "none"
     values = [psnr(a, b) for a, b in zip(out.images, plain.images)]
@@ -128,6 +130,11 @@ def test_sampling_on_a_gguf_base_stays_close(tiny_run, tiny_gguf, tmp_path, capl
 
     with safe_open(str(tmp_path / "again" / "pytorch_lora_weights.safetensors"), "pt") as f:
         assert f.metadata()["base_quantization"] == "gguf-q8_0"
+    # and loaded on a plain base, the warning names the file type that matches it
+    caplog.clear()
+    FaceMoGLE(load_backbone("tiny").transformer, pipe.cfg.model).load_weights(tmp_path / "again")
+    assert "quantized as gguf-q8_0; the base is loaded as none" in caplog.text
+    assert "a Q8_0 GGUF file as pretrained_transformer matches it" in caplog.text
 
 
 def test_bad_gguf_files_are_one_line(tmp_path, tiny_gguf, monkeypatch):
@@ -167,3 +174,36 @@ def test_cli_names_a_missing_gguf_file_in_one_line(tmp_path):
     bad = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "GGUF transformer file not found" in bad.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_training_on_a_gguf_base_updates_only_lora_and_mogle(tmp_path, tiny_gguf):
+    from accelerate.state import AcceleratorState
+    from safetensors import safe_open
+
+    from face_mogle.data.synthetic import write_dataset
+    from face_mogle.training.trainer import Trainer, TrainingError
+
+    data = tmp_path / "data"
+    write_dataset(data, 8, 64, seed=0, progress=False)
+    base = [f"data.root={data}", f"train.runs_dir={tmp_path / 'runs'}", "data.size=32", "data.condition_size=32",
+            "train.batch_size=2", "max_sequence_length=48", "train.sample_interval=0", "name=g",
+            f"pretrained_transformer={tiny_gguf}", "train.optimizer.type=adamw", "train.optimizer.lr=0.01",
+            'train.mixed_precision="no"', "train.save_interval=100", "train.max_steps=3"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    trainer = Trainer(load_config(ROOT / "configs" / "tiny.yaml", base))
+    assert quantized_scheme(trainer.backbone.transformer) == "gguf-q8_0"
+    frozen = {n: p.detach().clone() for n, p in trainer.backbone.transformer.named_parameters() if "lora_" not in n}
+    trainable = {n: p.detach().clone() for n, p in trainer.named_trainable.items()}
+    losses = trainer.train()
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    after = dict(trainer.backbone.transformer.named_parameters())
+    assert all(torch.equal(after[n].detach(), before) for n, before in frozen.items())  # the file's bytes stay
+    assert all("lora_" in n or n.startswith("mogle.") for n in trainer.named_trainable)
+    moved = [n for n, p in trainer.named_trainable.items() if not torch.equal(p.detach(), trainable[n])]
+    assert any("lora_" in n for n in moved) and any(n.startswith("mogle.") for n in moved)
+    with safe_open(str(tmp_path / "runs" / "g" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        assert f.metadata()["base_quantization"] == "gguf-q8_0"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(TrainingError, match="cannot come from the quantized GGUF file"):
+        Trainer(load_config(ROOT / "configs" / "tiny.yaml", base + ["train.mode=base", "name=gb"]))
+    AcceleratorState._reset_state(reset_partial_state=True)

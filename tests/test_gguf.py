@@ -110,6 +110,27 @@ def test_gguf_backbone_holds_the_file_weights_quantized(tiny_backbone, tiny_gguf
     assert n_quantized == sum(p.ndim == 2 for p in plain.values())
 
 
+def test_a_backbone_folder_needs_only_the_transformer_config(tmp_path):
+    """From a folder, the GGUF file replaces the transformer's weights: transformer/ may hold only its
+    config.json (the shipped demo backbone, its transformer written as Q8_0)."""
+    import shutil
+
+    shipped = ROOT / "checkpoints" / "face-mogle-tiny" / "backbone"
+    plain = load_backbone(str(shipped)).transformer
+    path = write_gguf(plain, tmp_path / "demo-Q8_0.gguf")
+    folder = tmp_path / "backbone"
+    shutil.copytree(shipped, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        for f in (shipped / name).glob("*.safetensors"):
+            shutil.copy(f, folder / name)
+    assert [f.name for f in (folder / "transformer").iterdir()] == ["config.json"]
+    bb = load_backbone(str(folder), pretrained_transformer=path)
+    assert bb.quantize == "gguf-q8_0" and quantized_scheme(bb.text_encoder_2) == "none"
+    got = dequantized(bb.transformer.single_transformer_blocks[5].proj_mlp.weight)
+    want = plain.single_transformer_blocks[5].proj_mlp.weight.detach()
+    assert 0 < (got - want).abs().max() <= want.abs().max() / 127
+
+
 def test_sampling_on_a_gguf_base_stays_close(tiny_run, tiny_gguf, tmp_path, caplog):
     """A run sampled on its base transformer written as a Q8_0 GGUF file: the same images within the
     floor measured on it, and really the file's (not equal). On the shipped model the same comparison

@@ -170,11 +170,14 @@ def test_bad_gguf_files_are_one_line(tmp_path, tiny_gguf, monkeypatch):
     # a FLUX file of another size: the first tensor that differs is named, with both shapes
     refused(tiny_gguf, r"does not fit the transformer of .*: tensor 'img_in.weight' is 32×64, the config wants 64×64",
             spec=TinySpec(attention_head_dim=32, axes_dims_rope=[8, 12, 12]))
+    # a file cut short (an interrupted download)
+    (tmp_path / "cut.gguf").write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
+    refused(tmp_path / "cut.gguf", r"cannot read GGUF file .*cut.gguf \(cut short or damaged")
     # not a FLUX.1 transformer at all
     writer = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "llama")
     writer.add_tensor("token_embd.weight", np.zeros((64, 32), np.float32))
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    refused(tmp_path / "other.gguf", r"is not a FLUX.1 transformer for .*: it has no tensor 'img_in.weight'")
+    refused(tmp_path / "other.gguf", r"does not hold the FLUX.1 transformer of .*: it has no tensor 'img_in.weight'")
     # the gguf package missing
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else find_spec(name, *a))

@@ -116,8 +116,8 @@ def check_fits(checkpoint: dict, shapes: dict[str, tuple], config: dict, path, c
                             f"{'×'.join(map(str, got))}, the config wants {'×'.join(map(str, want))} "
                             "(a different model, or a config of another size)")
     if missing:
-        raise GGUFError(f"GGUF file {path} is not a FLUX.1 transformer for {config_dir}: it has no tensor "
-                        f"{missing[0]!r} ({len(missing)} of the {len(layout(config))} FLUX.1 tensors missing)")
+        raise GGUFError(f"GGUF file {path} does not hold the FLUX.1 transformer of {config_dir}: it has no tensor "
+                        f"{missing[0]!r} ({len(missing)} of its {len(layout(config))} tensors missing: another model?)")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -139,7 +139,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         checkpoint = load_gguf_checkpoint(str(path))
     except Exception as err:  # a truncated file, an unsupported quantization type: say which, in one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GGUFError(f"cannot read GGUF file {path}: {first}") from None
+        raise GGUFError(f"cannot read GGUF file {path} (cut short or damaged? fetch it again): {first}") from None
     return {k.removeprefix(PREFIX): v for k, v in checkpoint.items()}
 
 

@@ -233,6 +233,9 @@ class Config:
     name: str = "face-mogle"
     # A diffusers-layout FLUX folder, or "tiny" for the in-code tiny preset.
     pretrained: str = "checkpoints/FLUX.1-dev"
+    # A GGUF single file of the transformer (e.g. flux1-dev-Q8_0.gguf, original BFL layout), already
+    # quantized; everything else (and the transformer's config.json) still comes from `pretrained`.
+    pretrained_transformer: Optional[str] = None
     dtype: str = "bfloat16"  # weights dtype of the frozen backbone
     seed: int = 42
     max_sequence_length: int = 512  # T5 tokens in training
@@ -422,6 +425,9 @@ def validate(cfg: Config) -> None:
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw", "adamw8bit"))
     _choice("model.quantize", cfg.model.quantize, ("none", "int8", "fp8", "nf4"))
     _choice("sample.offload", cfg.sample.offload, ("none", "model", "leaf"))
+    if cfg.pretrained_transformer is not None and cfg.model.quantize != "none":
+        raise ConfigError(f"config key 'pretrained_transformer' names a GGUF file, which is already quantized: "
+                          f"model.quantize must be none with it (got {cfg.model.quantize!r})")
     _choice("train.optimizer.decay", cfg.train.optimizer.decay, ("constant", "cosine"))
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))

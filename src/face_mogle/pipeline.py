@@ -247,7 +247,8 @@ class FaceMoGLEPipeline:
         `pretrained` replaces the config's backbone ("tiny" or a folder); `dtype` the config's
         weights dtype; `overrides` are `--set`-style "key=value" config overrides (e.g.
         "model.gate_timestep_scale=1000"); `quantize` the config's `model.quantize` (the base's
-        transformer and T5 weight-only quantized: none, int8, fp8, nf4). Errors: SamplingError,
+        transformer and T5 weight-only quantized: none, int8, fp8, nf4; the config's
+        `pretrained_transformer`, a GGUF file, is quantized already). Errors: SamplingError,
         ConfigError, BackboneError, QuantizationError.
         """
         run = check_run_dir(run_dir)
@@ -262,7 +263,9 @@ class FaceMoGLEPipeline:
         dtype = dtype or DTYPES[cfg.dtype]
         # offloaded components start on the CPU (NF4 layers are placed on the GPU by bitsandbytes itself)
         offloaded = cfg.sample.offload != "none" and device.type != "cpu" and cfg.model.quantize != "nf4"
-        backbone = load_backbone(source, dtype=dtype, device="cpu" if offloaded else device, quantize=cfg.model.quantize)
+        gguf = resolve_pretrained(cfg.pretrained_transformer, run) if cfg.pretrained_transformer else None
+        backbone = load_backbone(source, dtype=dtype, device="cpu" if offloaded else device, quantize=cfg.model.quantize,
+                                 pretrained_transformer=gguf)
         model = FaceMoGLE(backbone.transformer, cfg.model)
         try:
             model.load_weights(run)

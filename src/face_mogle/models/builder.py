@@ -176,22 +176,34 @@ def load_backbone(
     device: torch.device | str = "cpu",
     tiny_spec: Optional[TinySpec] = None,
     quantize: str = "none",
+    pretrained_transformer: Optional[str | os.PathLike] = None,
 ) -> Backbone:
     """Load all FLUX components from `source` (a folder), or build the tiny preset ("tiny").
 
     `quantize` ("none", "int8", "fp8", "nf4") loads the transformer and T5 weight-only quantized
     through diffusers' / transformers' quantization configs; they then compute in bfloat16 where
-    `dtype` is float32 (see models.quantization)."""
-    from .quantization import check_scheme
+    `dtype` is float32 (see models.quantization). `pretrained_transformer`, a GGUF file, replaces the
+    transformer's weights (its config still comes from `source`); the backbone's `quantize` then
+    names the file's type, e.g. "gguf-q8_0" (models.gguf)."""
+    from .quantization import QuantizationError, check_scheme
 
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
+    if pretrained_transformer is not None and quantize != "none":
+        raise QuantizationError(f"pretrained_transformer {pretrained_transformer} is a GGUF file, already quantized: "
+                                f"quantize must be none with it (got {quantize})")
     check_scheme(quantize, device)
     if str(source) == "tiny":
         # Built in float32 on the CPU; move/cast only when asked (casting diffusers models warns).
         backbone = build_tiny_backbone(tiny_spec or TinySpec())
         if quantize != "none":
             _quantize_in_place(backbone, quantize, dtype, device)
+        if pretrained_transformer is not None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                backbone.transformer.save_config(tmp)
+                _use_gguf(backbone, pretrained_transformer, tmp, dtype, device)
         return _move_unquantized(backbone, device, None if dtype == torch.float32 else dtype)
     folder = check_backbone_folder(source)
 
@@ -201,6 +213,8 @@ def load_backbone(
     def load(name, fn):
         try:
             return fn(str(folder / name))
+        except BackboneError:
+            raise
         except (OSError, ValueError, EnvironmentError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BackboneError(f"cannot load {COMPONENTS[name]} from {folder / name}: {first}") from None
@@ -212,9 +226,14 @@ def load_backbone(
     qdtype = compute_dtype(quantize, dtype)
     qkw = dict(kw, torch_dtype=qdtype) if quantize == "none" else dict(
         kw, torch_dtype=qdtype, device_map={"": torch.device(device)})
+    if pretrained_transformer is not None:  # the weights from the GGUF file, the config from the folder
+        def transformer(p):
+            return _use_gguf(None, pretrained_transformer, p, dtype, device)
+    else:
+        def transformer(p):
+            return FluxTransformer2DModel.from_pretrained(p, quantization_config=diffusers_config(quantize, qdtype), **qkw)
     backbone = Backbone(
-        transformer=load("transformer", lambda p: FluxTransformer2DModel.from_pretrained(
-            p, quantization_config=diffusers_config(quantize, qdtype), **qkw)),
+        transformer=load("transformer", transformer),
         vae=load("vae", lambda p: AutoencoderKL.from_pretrained(p, **kw)),
         text_encoder=load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, **kw)),
         tokenizer=load("tokenizer", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True)),
@@ -224,7 +243,27 @@ def load_backbone(
         source=str(folder),
         quantize=quantize,
     )
+    if pretrained_transformer is not None:
+        from .quantization import quantized_scheme
+
+        backbone.quantize = quantized_scheme(backbone.transformer)
     return _move_unquantized(backbone, device, None)
+
+
+def _use_gguf(backbone: Optional[Backbone], path, config_dir, dtype: torch.dtype, device):
+    """The transformer from a GGUF file (placed on `device`; it computes in `dtype`), put into
+    `backbone` when one is given; a bad file is one BackboneError line."""
+    from .gguf import GGUFError, load_gguf_transformer
+    from .quantization import quantized_scheme
+
+    try:
+        transformer = load_gguf_transformer(path, config_dir, dtype, device)
+    except GGUFError as err:
+        raise BackboneError(str(err)) from None
+    if backbone is not None:
+        backbone.transformer, backbone._pipeline = transformer, None
+        backbone.quantize = quantized_scheme(transformer)
+    return transformer
 
 
 def _load_t5(path, cls, quantize: str, qdtype: torch.dtype, device, kw: dict):
@@ -240,11 +279,12 @@ def _load_t5(path, cls, quantize: str, qdtype: torch.dtype, device, kw: dict):
 def _move_unquantized(backbone: Backbone, device, dtype: Optional[torch.dtype]) -> Backbone:
     """Move (and cast) the components that are not quantized; quantized ones already sit where they
     were loaded (a quantized weight is not cast)."""
+    from .quantization import quantized_scheme
+
     kwargs = {k: v for k, v in (("device", None if str(device) == "cpu" else device), ("dtype", dtype)) if v is not None}
     if kwargs:
-        quantized = ("transformer", "text_encoder_2") if backbone.quantize != "none" else ()
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-            if name not in quantized:
+            if quantized_scheme(getattr(backbone, name)) == "none":  # a GGUF transformer beside a plain T5
                 getattr(backbone, name).to(**kwargs)
     return backbone
 

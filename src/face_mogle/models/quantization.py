@@ -7,6 +7,9 @@ stay float32 and train on top of the quantized layers (peft wraps torchao and bi
   int8  torchao Int8WeightOnlyConfig     (CPU and CUDA)
   fp8   torchao Float8WeightOnlyConfig   (CPU; CUDA with compute capability >= 8.9)
   nf4   bitsandbytes 4-bit NormalFloat   (CUDA only: diffusers' loader refuses without a GPU)
+
+A GGUF file of the transformer (`pretrained_transformer`, models.gguf) comes already quantized; it
+is not a scheme here, and `quantized_scheme` names it "gguf-<type>".
 """
 
 from __future__ import annotations
@@ -93,7 +96,13 @@ def transformers_config(scheme: str, dtype: torch.dtype):
 
 def quantized_scheme(module: torch.nn.Module) -> str:
     """The scheme a loaded component's weights are held in ("none" when plain), read off the weights
-    themselves (so a model loaded elsewhere is seen as it is)."""
+    themselves (so a model loaded elsewhere is seen as it is). A transformer from a GGUF file
+    (`pretrained_transformer`) reads "gguf-" + the type most of its weights hold, e.g. "gguf-q8_0"."""
+    from .gguf import main_type
+
+    kind = main_type(module)
+    if kind is not None:
+        return f"gguf-{kind}"
     for p in module.parameters():
         name = type(p).__name__
         if name == "Params4bit":

@@ -111,9 +111,15 @@ def _check_base_quantization(transformer: nn.Module, path: Path) -> None:
         return  # read_safetensors names an unreadable file
     here = quantized_scheme(transformer)
     if saved != here:
+        if saved.startswith("gguf-"):  # a GGUF base (pretrained_transformer) is a file, not a --quantize scheme
+            match = f"a {saved.removeprefix('gguf-').upper()} GGUF file as pretrained_transformer matches it"
+        elif here.startswith("gguf-"):
+            match = "pretrained_transformer: null" + ("" if saved == "none" else f" with --quantize {saved}") + " matches it"
+        else:
+            match = f"--quantize {saved} matches it"
         logging.getLogger("face_mogle").warning(
             f"warning: LoRA file {path} was trained on a base quantized as {saved}; the base is loaded as {here} "
-            f"(images differ slightly from the training base's; --quantize {saved} matches it)")
+            f"(images differ slightly from the training base's; {match})")
 
 
 def load_lora(transformer: nn.Module, path: str | os.PathLike, adapter_name: str = "default") -> None:

@@ -281,9 +281,12 @@ class Trainer:
         if base_mode and cfg.model.quantize != "none":
             raise TrainingError(f"train.mode base trains every weight of the transformer: it cannot be quantized "
                                 f"(model.quantize is {cfg.model.quantize}; set it to none)")
+        if base_mode and cfg.pretrained_transformer is not None:
+            raise TrainingError(f"train.mode base trains every weight of the transformer: it cannot come from the "
+                                f"quantized GGUF file {cfg.pretrained_transformer} (set pretrained_transformer: null)")
         try:
             self.backbone = load_backbone(cfg.pretrained, dtype=weight_dtype, device=acc.device,
-                                          quantize=cfg.model.quantize)
+                                          quantize=cfg.model.quantize, pretrained_transformer=cfg.pretrained_transformer)
         except QuantizationError as err:
             raise TrainingError(str(err)) from None
         tr = self.backbone.transformer

@@ -45,7 +45,7 @@ def load_truth(root: Path, ids: list[int], size: int) -> dict:
 
 def score(truth: dict, images: list[np.ndarray], start: float) -> dict:
     """Parse each image [S, S, 3] uint8 and score it against its mask and its caption's colours."""
-    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
+    from face_mogle.data.synthfaces import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
 
     parsed_all = [parse(arr) for arr in images]
     right = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
@@ -182,7 +182,7 @@ def prompt_swap(pipe, root: Path, ids: list[int], steps: int, batch_size: int, s
     attribute (each face's first caption; the background, hair and shirt colours). Per attribute:
     accuracy (the colour read off the face is the one asked for) and the mean number of distinct
     colours one seed gives over the swaps (1 = the prompt is ignored; all = each word obeyed)."""
-    from face_mogle.data.synthetic import ATTRIBUTE_SOURCES, attributes, parse
+    from face_mogle.data.synthfaces import ATTRIBUTE_SOURCES, attributes, parse
 
     truth = load_truth(root, ids, pipe.cfg.sample.size)
     out = {}
@@ -268,7 +268,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from face_mogle.data.dataset import read_split
-    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS as ATTRIBUTES
+    from face_mogle.data.synthfaces import CAPTION_COLOR_KEYS as ATTRIBUTES
     from face_mogle.pipeline import FaceMoGLEPipeline
 
     root = Path(args.root)

@@ -28,8 +28,8 @@ def patch_shuffled(image: np.ndarray, patch: int, rng) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def held_out():
-    """Renders of another seed than the reference's (seed 0): faces the ranges never saw."""
-    return [render((1, i), SIZE).image for i in range(200)]
+    """Renders of another seed than the reference's (seed 1): faces the ranges never saw."""
+    return [render((2, i), SIZE).image for i in range(200)]
 
 
 def test_held_out_renders_are_valid(held_out):
@@ -54,7 +54,7 @@ def test_shuffled_and_noise_images_are_not(held_out):
 
 
 def test_each_check_names_what_fails():
-    s = render((1, 3), SIZE)
+    s = render((2, 3), SIZE)
     ranges = reference_ranges(SIZE)
     assert check(s.labels, ranges) is None
     no_nose = np.where(s.labels == L["nose"], L["skin"], s.labels)
@@ -69,11 +69,11 @@ def test_each_check_names_what_fails():
 def test_ranges_come_from_the_renders():
     """Derived, not typed: other reference faces give other ranges, and each holds its own faces."""
     ranges = reference_ranges(SIZE)
-    few = reference_ranges(SIZE, ids=tuple(range(4500, 4520)))
+    few = reference_ranges(SIZE, ids=tuple(range(20)))
     assert set(few) == set(ranges) and few != ranges
     assert sum(hi - lo for lo, hi in few.values()) < sum(hi - lo for lo, hi in ranges.values())
-    for i in range(4500, 4520):
-        assert check(render((0, i), SIZE).labels, few) is None
+    for i in range(20):
+        assert check(render((1, i), SIZE).labels, few) is None
 
 
 def test_bad_inputs_are_one_line_errors():

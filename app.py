@@ -300,9 +300,12 @@ class EditDemo:
         self.bound = pipe.cfg.sample.max_input_pixels  # on every uploaded image, checked before decoding
 
     def default_parser(self) -> str:
-        """segformer (real faces) when its weights are there, else synthfaces (SynthFaces renders, no weights)."""
+        """synthfaces for a run trained on SynthFaces (its data.parser); else segformer (real faces) when its
+        weights are there, and synthfaces (no weights needed) when they are not."""
         from face_mogle.eval.weights import FACE_PARSER, default_path
 
+        if self.pipe.cfg.data.parser == "synthfaces":
+            return "synthfaces"
         return "segformer" if default_path(self.weights_dir, FACE_PARSER).is_dir() else "synthfaces"
 
     @staticmethod

@@ -82,8 +82,9 @@ def parse_args(argv):
                    "under its own mask and prompt (default: noise)")
     e.add_argument("--margin", type=int, default=None, help="pixels the edit area grows by, for seams (default: 4)")
     e.add_argument("--no_paste_back", action="store_true", help="keep the decoded pixels outside the edit area instead of FACE's own")
-    e.add_argument("--parser", choices=["segformer", "synthfaces"], default="segformer", help="face parser for a missing --source_mask "
-                   "(segformer: the eval suite's, from --weights_dir/face-parsing; synthfaces: SynthFaces' exact colour parser)")
+    e.add_argument("--parser", choices=["segformer", "synthfaces"], default=None, help="face parser for a missing --source_mask "
+                   "(segformer: the eval suite's, from --weights_dir/face-parsing; synthfaces: SynthFaces' exact colour parser; "
+                   "default: the run's data.parser, synthfaces for the shipped model and other runs trained on SynthFaces)")
     e.add_argument("--weights_dir", default="checkpoints/eval", metavar="DIR", help="where the eval suite's models live (default: %(default)s)")
     return p.parse_args(argv)
 
@@ -242,6 +243,7 @@ def run_edit(args, pipe):
     parsed = None
     source = args.source_mask
     if source is None:
+        args.parser = args.parser or pipe.cfg.data.parser  # the parser of the faces this run was trained on
         parsed = parse_face(args.image, args.parser, args.weights_dir, device=str(pipe.device))
         source = parsed
     regions = [r.strip() for r in (args.regions or "").split(",") if r.strip()]

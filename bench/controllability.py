@@ -8,7 +8,13 @@ parses the generated face back with the exact SynthFaces parser:
 - mask mIoU: the input label map vs the parse (mean over classes present in either, one confusion
   matrix over all images) — meaningful in modes with a mask;
 - attribute accuracy: the colours read off the generated face (hair, eyes, lips, skin, cloth,
-  background) vs the ones the caption names — meaningful in modes with text.
+  background) vs the ones the caption names — meaningful in modes with text;
+- face validity: the share of whole faces (one face region holding two eyes, two brows, a nose and a
+  mouth in order, sizes and positions inside the range of real renders; face_mogle.eval.face_validity),
+  in every mode, with the commonest reason a face fails.
+Text-only images are sampled as each run's config says (`sample.text_only`); `--text_only
+official,base` gives one row per setting (official: blank maps through Face-MoGLE; base: the base DiT
+alone, no condition tokens, LoRA off).
 Several `--runs` (e.g. ablations trained on the same budget) give one table row each. Reference rows
 score the real held-out faces passed through the run's VAE (encode → decode: the ceiling the
 autoencoder puts on any generated face) and through a 2× / 4× down-and-up resampling (what a little
@@ -43,11 +49,14 @@ def load_truth(root: Path, ids: list[int], size: int) -> dict:
             "colors": [colors[str(i)] for i in ids]}
 
 
-def score(truth: dict, images: list[np.ndarray], start: float) -> dict:
-    """Parse each image [S, S, 3] uint8 and score it against its mask and its caption's colours."""
-    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
+def score(truth: dict, images: list[np.ndarray], start: float, vae=None) -> dict:
+    """Parse each image [S, S, 3] uint8 and score it against its mask and its caption's colours; face
+    validity against real renders, also through `vae` (the run's, which decoded the images)."""
+    from face_mogle.data.synthfaces import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
+    from face_mogle.eval.face_validity import face_validity
 
     parsed_all = [parse(arr) for arr in images]
+    validity = face_validity(images, labels=parsed_all, vae=vae)
     right = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
     total = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
     for arr, parsed, colors, prompt in zip(images, parsed_all, truth["colors"], truth["prompts"]):
@@ -61,6 +70,8 @@ def score(truth: dict, images: list[np.ndarray], start: float) -> dict:
         "pixel_accuracy": float(np.mean([(a == b).mean() for a, b in zip(parsed_all, masks)])),
         "attribute_accuracy": sum(right.values()) / n_attr if n_attr else float("nan"),
         "per_attribute": {k: right[k] / total[k] for k in CAPTION_COLOR_KEYS if total[k]},
+        "face_validity": validity["validity"],
+        "validity_failures": validity["failures"],
         "images": len(images),
         "seconds": time.perf_counter() - start,
     }
@@ -83,19 +94,29 @@ def step_bar(desc: str):
     return on_step
 
 
-def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, batch_size: int, seed: int) -> dict:
+def evaluate(pipe, root: Path, ids: list[int], modes: list[str], steps: int, batch_size: int, seed: int,
+             text_only: list[str] | None = None) -> dict:
+    """Scores per mode; with `text_only` (sample.text_only settings), one text-only row per setting,
+    named "text [setting]"."""
     truth = load_truth(root, ids, pipe.cfg.sample.size)
     prompts, masks = truth["prompts"], truth["masks"]
     seeds = [seed * 1_000_003 + i for i in ids]
+    runs = [(m, None) for m in modes if m != "text" or not text_only]
+    runs += [(f"text [{s}]", s) for s in (text_only or []) if "text" in modes]
     results = {}
-    for mode in modes:
+    own = pipe.cfg.sample.text_only
+    for name, setting in runs:
         start = time.perf_counter()
-        images = pipe(
-            prompts if mode != "mask" else [""] * len(ids),
-            masks if mode != "text" else [None] * len(ids),
-            seeds=seeds, steps=steps, batch_size=batch_size, on_step=step_bar(f"{Path(str(pipe.run_dir)).name} {mode}"),
-        ).images
-        results[mode] = score(truth, [np.asarray(im.convert("RGB")) for im in images], start)
+        pipe.cfg.sample.text_only = setting or own
+        try:
+            images = pipe(
+                prompts if name != "mask" else [""] * len(ids),
+                masks if not name.startswith("text") else [None] * len(ids),
+                seeds=seeds, steps=steps, batch_size=batch_size, on_step=step_bar(f"{Path(str(pipe.run_dir)).name} {name}"),
+            ).images
+        finally:
+            pipe.cfg.sample.text_only = own
+        results[name] = score(truth, [np.asarray(im.convert("RGB")) for im in images], start, pipe.backbone.vae)
     return results
 
 
@@ -182,7 +203,7 @@ def prompt_swap(pipe, root: Path, ids: list[int], steps: int, batch_size: int, s
     attribute (each face's first caption; the background, hair and shirt colours). Per attribute:
     accuracy (the colour read off the face is the one asked for) and the mean number of distinct
     colours one seed gives over the swaps (1 = the prompt is ignored; all = each word obeyed)."""
-    from face_mogle.data.synthetic import ATTRIBUTE_SOURCES, attributes, parse
+    from face_mogle.data.synthfaces import ATTRIBUTE_SOURCES, attributes, parse
 
     truth = load_truth(root, ids, pipe.cfg.sample.size)
     out = {}
@@ -241,7 +262,7 @@ def reference_rows(pipe, root: Path, ids: list[int], batch_size: int) -> dict:
     for name, degrade in (("VAE round trip", through_vae), ("2× down/up", lambda: resampled(2)),
                           ("4× down/up", lambda: resampled(4))):
         start = time.perf_counter()
-        rows[name] = score(truth, degrade(), start)
+        rows[name] = score(truth, degrade(), start, vae)
     return rows
 
 
@@ -262,6 +283,10 @@ def main() -> int:
                    help="sample every run on a weight-only quantized base (default: each run's model.quantize)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text_only", default=None,
+                   help="comma-separated sample.text_only settings for the text mode, one row each: official (blank maps "
+                   "through Face-MoGLE), base (the base DiT alone) (default: each run's own setting, one row)")
+    p.add_argument("--no_reliance", action="store_true", help="skip the reliance table (the training loss with swapped conditions)")
     p.add_argument("--swap_num", type=int, default=40,
                    help="faces for the text-only prompt-swap test (each sampled once per colour; 0 skips it)")
     p.add_argument("--device", default=None)
@@ -270,7 +295,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from face_mogle.data.dataset import read_split
-    from face_mogle.data.synthetic import CAPTION_COLOR_KEYS as ATTRIBUTES
+    from face_mogle.data.synthfaces import CAPTION_COLOR_KEYS as ATTRIBUTES
     from face_mogle.pipeline import FaceMoGLEPipeline
 
     root = Path(args.root)
@@ -280,6 +305,9 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("mask+text", "mask", "text") for m in modes):
         p.error(f"--modes: each must be mask+text, mask or text (got {args.modes})")
+    text_only = [s.strip() for s in args.text_only.split(",") if s.strip()] if args.text_only else None
+    if text_only and any(s not in ("official", "base") for s in text_only):
+        p.error(f"--text_only: each must be official or base (got {args.text_only})")
     table, reliances, swaps, cfg_scales = {}, {}, {}, {}
     for run in args.runs or [args.run]:
         # as inference.py: a cfg scale given alone is also the prompt's weight
@@ -290,31 +318,36 @@ def main() -> int:
         cfg_scales[run] = pipe.guidance_scales()
         if not table:
             table["real faces (reference)"] = reference_rows(pipe, root, ids, args.batch_size)
-        table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed)
-        reliances[run] = reliance(pipe, root, ids, args.batch_size, args.seed)
+        table[run] = evaluate(pipe, root, ids, modes, args.steps, args.batch_size, args.seed, text_only)
+        if not args.no_reliance:
+            reliances[run] = reliance(pipe, root, ids, args.batch_size, args.seed)
         if args.swap_num > 0:
             swaps[run] = prompt_swap(pipe, root, ids[: args.swap_num], args.steps, args.batch_size, args.seed)
     print(f"\nControllability on {len(ids)} held-out SynthFaces ({root}, {args.split}); exact parser; "
           f"cfg scale (mask, prompt) {', '.join(f'{Path(r).name} {w:g}, {wt:g}' for r, (w, wt) in cfg_scales.items())}\n")
-    print("| run | mode | mask mIoU | pixel acc. | attribute acc. | " + " | ".join(a.replace("_color", "").replace("_tone", "")
-                                                                      for a in ATTRIBUTES) + " |")
-    print("|---|---|---:|---:|---:|" + "---:|" * len(ATTRIBUTES))
+    print("| run | mode | face validity | mask mIoU | pixel acc. | attribute acc. | "
+          + " | ".join(a.replace("_color", "").replace("_tone", "") for a in ATTRIBUTES) + " | commonest failure |")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(ATTRIBUTES) + "---|")
     for run, res in table.items():
         for mode, r in res.items():
             per = " | ".join(f"{r['per_attribute'].get(a, float('nan')):.2f}" for a in ATTRIBUTES)
-            print(f"| {Path(run).name} | {mode} | {r['miou']:.3f} | {r['pixel_accuracy']:.3f} | "
-                  f"{r['attribute_accuracy']:.3f} | {per} |")
-    print("\nTraining loss on the same faces with their own conditions, and with captions or masks swapped "
-          "between faces (+% = how much the model relies on that condition)\n")
-    print(f"| run | t | own conditions | captions swapped | masks swapped |\n|---|---|---:|---:|---:|")
-    for run, r in reliances.items():
-        for label, row in (("all", r), (f">= {HIGH_NOISE}", r.get("high_noise"))):
-            if row is None:
-                continue
-            own = row["own conditions"]
-            print(f"| {Path(run).name} | {label} | {own:.4f} | {row['captions swapped']:.4f} "
-                  f"({100 * (row['captions swapped'] / own - 1):+.1f}%) | "
-                  f"{row['masks swapped']:.4f} ({100 * (row['masks swapped'] / own - 1):+.1f}%) |")
+            fails = r["validity_failures"]
+            worst = next(iter(fails), None)
+            worst = f"{worst} ({fails[worst]})" if worst else "—"
+            print(f"| {Path(run).name} | {mode} | {r['face_validity']:.3f} | {r['miou']:.3f} | {r['pixel_accuracy']:.3f} | "
+                  f"{r['attribute_accuracy']:.3f} | {per} | {worst} |")
+    if reliances:
+        print("\nTraining loss on the same faces with their own conditions, and with captions or masks swapped "
+              "between faces (+% = how much the model relies on that condition)\n")
+        print(f"| run | t | own conditions | captions swapped | masks swapped |\n|---|---|---:|---:|---:|")
+        for run, r in reliances.items():
+            for label, row in (("all", r), (f">= {HIGH_NOISE}", r.get("high_noise"))):
+                if row is None:
+                    continue
+                own = row["own conditions"]
+                print(f"| {Path(run).name} | {label} | {own:.4f} | {row['captions swapped']:.4f} "
+                      f"({100 * (row['captions swapped'] / own - 1):+.1f}%) | "
+                      f"{row['masks swapped']:.4f} ({100 * (row['masks swapped'] / own - 1):+.1f}%) |")
     if swaps:
         print("\nText only, one seed per face, one colour word swapped through its colours: accuracy, and distinct "
               "colours per seed (1 = prompt ignored)\n")

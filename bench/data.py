@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 def make_data(out: Path, num: int, size: int, seed: int = 0) -> Path:
     """SynthFaces if the package has it, else a small procedural stand-in in the same layout."""
     try:
-        from face_mogle.data.synthetic import write_dataset
+        from face_mogle.data.synthfaces import write_dataset
     except ImportError:
         return _stand_in(out, num, size, seed)
     return write_dataset(out, num, size, seed, progress=False)

@@ -42,14 +42,14 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
 
 def area_miou(parsed: list[np.ndarray], targets: list[np.ndarray], areas: list[np.ndarray]) -> float:
     """mIoU over the pixels of the edit areas only (one confusion matrix over all edits)."""
-    from face_mogle.data.synthetic import mean_iou
+    from face_mogle.data.synthfaces import mean_iou
 
     return mean_iou([p[a] for p, a in zip(parsed, areas)], [t[a] for t, a in zip(targets, areas)])
 
 
 def make_edits(kind: str, ids: list[int], size: int) -> list[dict]:
     """Source and exact target of one edit per id (ids whose edit would change nothing are skipped)."""
-    from face_mogle.data.synthetic import ATTRIBUTE_SOURCES, EXPRESSIONS, HAIR_PARAMS, L, render
+    from face_mogle.data.synthfaces import ATTRIBUTE_SOURCES, EXPRESSIONS, HAIR_PARAMS, L, render
     from face_mogle.labels import CLASSES
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,7 +86,7 @@ def make_edits(kind: str, ids: list[int], size: int) -> list[dict]:
 
 
 def check_attribute(edit: dict, image: np.ndarray, parsed: np.ndarray) -> float:
-    from face_mogle.data.synthetic import attributes, expression_of
+    from face_mogle.data.synthfaces import attributes, expression_of
 
     name, value = edit["check"]
     if name == "hair_iou":
@@ -98,7 +98,7 @@ def check_attribute(edit: dict, image: np.ndarray, parsed: np.ndarray) -> float:
 
 
 def run_kind(pipe, edits, inversions, strengths, steps, batch_size, seed) -> dict:
-    from face_mogle.data.synthetic import parse
+    from face_mogle.data.synthfaces import parse
     import torch
 
     from face_mogle.editing import DEFAULT_MARGIN, class_ids, edit_area, paste

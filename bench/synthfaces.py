@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from face_mogle.data.synthetic import parse, render, write_dataset
+from face_mogle.data.synthfaces import parse, render, write_dataset
 
 
 def rate(fn, num: int, repeats: int) -> float:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_cpu(args) -> None:
     from face_mogle.config import load_config
     from face_mogle.data.cache import build_cache
-    from face_mogle.data.synthetic import write_dataset
+    from face_mogle.data.synthfaces import write_dataset
     from face_mogle.training.trainer import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))

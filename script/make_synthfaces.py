@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                      "or pass --overwrite to replace its files")
 
     # Imported here so that --help and argument errors stay instant.
-    from face_mogle.data.synthetic import write_dataset
+    from face_mogle.data.synthfaces import write_dataset
 
     out = write_dataset(args.out, args.num, args.size, args.seed, args.test_fraction, progress=not args.quiet,
                         expressions=args.expressions)

@@ -101,7 +101,7 @@ def test_every_float_notation_and_bounds(tmp_path):
                      ("train.sample_interval=-1", "train.sample_interval"), ("sample.guidance=.inf", "sample.guidance"),
                      ("sample.max_size=256", "sample.max_size"), ("sample.cfg_scale=0.5", "sample.cfg_scale"),
                      ("sample.cfg_scale=.nan", "sample.cfg_scale"), ("sample.text_cfg_scale=0.5", "sample.text_cfg_scale"),
-                     ("sample.text_cfg_scale=.inf", "sample.text_cfg_scale")):
+                     ("sample.text_cfg_scale=.inf", "sample.text_cfg_scale"), ("sample.text_only=none", "sample.text_only")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [bad])
 

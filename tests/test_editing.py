@@ -254,15 +254,17 @@ def test_cli_names_the_unread_words_of_the_source_prompt(tiny_run, tmp_path):
     assert record["inversion"] == "noise" and record["source_prompt"] is None and record["source_unread_words"] == []
 
 
-def test_cli_parses_the_source_mask_with_the_synthfaces_parser(tiny_run, tmp_path):
+def test_cli_parses_the_source_mask_with_the_runs_parser(tiny_run, tmp_path):
+    """No --parser: a run trained on SynthFaces (data.parser: synthfaces, as the shipped model's
+    config says) parses the face with SynthFaces' exact parser."""
     from face_mogle.data.masks import load_label_map
     from face_mogle.data.synthetic import parse, render
 
     s = render((0, 7), SIZE * 2)
     Image.fromarray(s.image).save(tmp_path / "face.png")
-    r = cli("--run", tiny_run, "--image", tmp_path / "face.png", "--parser", "synthfaces", "--prompt", "A face.",
+    r = cli("--run", tiny_run, "--image", tmp_path / "face.png", "--prompt", "A face.",
             "--regions", "hair", "--output", tmp_path / "out.png", "--device", "cpu", "--size", SIZE * 2,
-            "--set", f"sample.max_size={SIZE * 2}")
+            "--set", f"sample.max_size={SIZE * 2}", "--set", "data.parser=synthfaces")
     assert r.returncode == 0, r.stderr
     parsed = load_label_map(tmp_path / "out_source_mask.png")
     assert np.array_equal(parsed, parse(s.image))

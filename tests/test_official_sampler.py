@@ -29,7 +29,7 @@ OFFICIAL = {
     "sample.steps": 28, "sample.guidance": 3.5, "sample.max_sequence_length": 512, "sample.condition_scale": 1.0,
     "sample.cfg_scale": 1.0, "sample.text_cfg_scale": 1.0, "sample.mask_latent": "sample", "sample.local_maps": "blank",
     "model.gate_timestep_scale": 1000.0, "model.global_map": "stored", "model.scalar_gating": False, "model.experts": "all",
-    "model.quantize": "none",
+    "model.quantize": "none", "sample.text_only": "official",
 }
 # Keys the official sampler takes from the run too (it reads config["model"] from the run's
 # config.yaml; its MoGLE()/LoRA load refuses weights of other shapes), inputs of its command line
@@ -47,6 +47,7 @@ EVERY_KEY_DIFFERENT = [
     "sample.cfg_scale=2.0", "sample.text_cfg_scale=3.0", "sample.mask_latent=mode", "sample.local_maps=real",
     "model.gate_timestep_scale=1.0", "model.global_map=gray", "model.scalar_gating=true", "model.experts=local",
     "model.latent_lora=true", "model.union_cond_attn=false", "model.quantize=int8",
+    "sample.text_only=base",
 ]
 
 

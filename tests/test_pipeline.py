@@ -310,3 +310,68 @@ def test_preset_alias_bomb_is_refused(tmp_path):
     preset.write_text("model:\n  lora:\n    target_modules: [" + ", ".join(items) + "]\n")
     with pytest.raises(SamplingError, match=r"bomb.yaml is not readable YAML: .*through its aliases"):
         preset_overrides(preset)
+
+
+@pytest.fixture(scope="module")
+def base_pipe(tmp_path_factory):
+    """A run with LoRA on the image tokens too (so text-only sampling through Face-MoGLE differs from
+    the base DiT even without condition tokens) that samples text-only images with the base DiT."""
+    run = make_run(tmp_path_factory.mktemp("base") / "run", overrides=["model.latent_lora=true", "sample.text_only=base"])
+    return FaceMoGLEPipeline.from_run(run, device="cpu")
+
+
+def plain_base_sampler(pipe, prompt, seed, cfg_scale):
+    """Text-to-image with diffusers' own forward of a fresh, LoRA-free tiny transformer: Euler steps
+    on the pipeline's noise and timesteps, v_u + w·(v_c − v_u) with v_u from the empty prompt."""
+    from face_mogle.encoding import encode_prompts, image_ids, text_ids
+    from face_mogle.models.builder import load_backbone
+
+    transformer = load_backbone("tiny").transformer.eval()
+    latents, _ = pipe.initial_noise(seed, SIZE)
+    timesteps, sigmas = pipe.timesteps(STEPS, latents.shape[1])
+    with torch.inference_mode():
+        embeds = [encode_prompts(pipe.backbone, [p], pipe.cfg.sample.max_sequence_length) for p in (prompt, "")]
+        guidance = torch.full((1,), pipe.cfg.sample.guidance) if transformer.config.guidance_embeds else None
+
+        def v(t5, pooled, t):
+            return transformer(hidden_states=latents, timestep=t.expand(1), guidance=guidance, pooled_projections=pooled,
+                               encoder_hidden_states=t5, txt_ids=text_ids(t5.shape[1]), img_ids=image_ids(SIZE, pipe.token_pixels),
+                               return_dict=False)[0]
+
+        for i in range(STEPS):
+            v_c, v_u = v(*embeds[0], timesteps[i]), v(*embeds[1], timesteps[i])
+            latents = latents + (sigmas[i + 1] - sigmas[i]).item() * (v_u + cfg_scale * (v_c - v_u))
+        return pipe.decode(latents, SIZE)[0]
+
+
+def test_text_only_base_is_the_plain_base_dit(base_pipe):
+    prompt = "She has blond hair."
+    for cfg_scale in (1.0, 2.5):
+        ours = base_pipe(prompt, None, [8], cfg_scale=cfg_scale)
+        assert ours.settings["text_only"] == "base"
+        assert np.abs(pixels(ours.images) - pixels([plain_base_sampler(base_pipe, prompt, 8, cfg_scale)])).max() <= 1
+    # the official behaviour (blank maps through Face-MoGLE, LoRA on) is another image
+    base_pipe.cfg.sample.text_only = "official"
+    try:
+        official = base_pipe(prompt, None, [8], cfg_scale=2.5).images
+        masked = base_pipe(prompt, draw_mask(0), [8], cfg_scale=2.0, text_cfg_scale=3.0).images
+    finally:
+        base_pipe.cfg.sample.text_only = "base"
+    assert np.abs(pixels(official) - pixels(ours.images)).max() > 10
+    # an image with a mask is sampled by Face-MoGLE under either setting
+    same = base_pipe(prompt, draw_mask(0), [8], cfg_scale=2.0, text_cfg_scale=3.0).images
+    assert pixels(same).tolist() == pixels(masked).tolist()
+
+
+def test_text_only_base_batches_mixing_masks_equal_single_calls(base_pipe):
+    prompts = ["a face", "He wears a hat.", "", "She has blond hair."]
+    masks, seeds = [draw_mask(1), None, draw_mask(2), None], [6, 7, 8, 9]
+    for scales in ({}, {"cfg_scale": 2.0, "text_cfg_scale": 3.0}):
+        out = base_pipe(prompts, masks, seeds=seeds, batch_size=4, return_gates=True, **scales)
+        singles = [base_pipe(p, m, [s], **scales).images[0] for p, m, s in zip(prompts, masks, seeds)]
+        assert np.abs(pixels(out.images) - pixels(singles)).max() <= 1
+        assert out.gate_weights is None  # the base DiT has no gate
+    # the part with masks keeps its gates when the batch has no text-only image
+    assert base_pipe(prompts[0], masks[0], [6], return_gates=True).gate_weights is not None
+    with pytest.raises(SamplingError, match="without a mask only"):
+        base_pipe.conditions(None, None, [draw_mask(0)], [None], SIZE, 1.0, 1.0, base=True)

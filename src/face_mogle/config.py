@@ -149,6 +149,9 @@ class DataConfig:
     test_split: str = "27000-29999"
     cache_dir: Optional[str] = None  # pre-encoded latents/embeddings; None = encode on the fly
     num_workers: int = 4
+    # The face parser that reads this data's faces back (editing a face without its mask): "segformer"
+    # for real faces, "synthfaces" (the exact colour parser) for a run trained on SynthFaces.
+    parser: str = "segformer"
 
 
 @dataclass
@@ -216,6 +219,10 @@ class SampleConfig:
     # as the official inference.py/test.py build them (a PIL-vs-int comparison bug, DESIGN §3) —
     # only to reproduce the published numbers
     local_maps: str = "real"
+    # Images without a mask (text-only): "official" feeds all-zero maps through Face-MoGLE (the
+    # official sampler); "base" samples them, guidance passes included, with the base DiT alone (no
+    # condition tokens, LoRA off). Images with a mask are sampled the same way under both.
+    text_only: str = "official"
     # Largest image side a sampler accepts: FLUX.1-dev is trained up to ~2 MP; past this a typo such
     # as 4096 would allocate gigabytes (and on a CPU, hold the demo's queue for minutes)
     max_size: int = 2048
@@ -432,6 +439,8 @@ def validate(cfg: Config) -> None:
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
     _choice("sample.local_maps", cfg.sample.local_maps, ("real", "blank"))
+    _choice("sample.text_only", cfg.sample.text_only, ("official", "base"))
+    _choice("data.parser", cfg.data.parser, ("segformer", "synthfaces"))
     _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
     if not 0.0 <= cfg.model.gate_global_prior < 1.0:
         raise ConfigError(f"config key 'model.gate_global_prior' must be in [0, 1), got {cfg.model.gate_global_prior}")

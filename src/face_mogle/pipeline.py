@@ -522,7 +522,7 @@ class FaceMoGLEPipeline:
         settings = dict(
             steps=steps, guidance=guidance, condition_scale=condition_scale, cfg_scale=cfg_scale,
             text_cfg_scale=text_cfg_scale, size=size, seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
-            quantize=self.backbone.quantize, offload=self.offload,
+            quantize=self.backbone.quantize, offload=self.offload, text_only=cfg.text_only,
             max_sequence_length=cfg.max_sequence_length,
             modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
         )
@@ -543,22 +543,27 @@ class FaceMoGLEPipeline:
 
     def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
                    cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None, empty_text=None,
-                   stored: Optional[list] = None) -> "Conditions":
+                   stored: Optional[list] = None, base: bool = False) -> "Conditions":
         """Everything the transformer reads besides the latents and t, for a batch (on the device);
         with guidance also the batches it is guided away from: the unconditional one (empty prompt, no
         mask) and, where the prompt has its own weight (`text_cfg_scale` ≠ `cfg_scale`) and the batch
         a mask, the mask-only one (the mask, empty prompt). `text_cfg_scale` None = `cfg_scale`.
         `empty_text`: the empty prompt's (T5, pooled) encoding, if already made (else it is encoded here);
-        `stored`: the masks' `stored_map`s (see encode_masks)."""
+        `stored`: the masks' `stored_map`s (see encode_masks);
+        base: a batch without masks sampled by the base DiT alone, its unconditional pass too (one
+        model per image: guidance mixing two models' velocities would amplify their difference)."""
         device, dtype = self.device, self.dtype
-        mask_latents = self.encode_masks(labels, size, list(generators), stored)
-        mask_latents = mask_latents.to(next(self.model.mogle.parameters()).dtype)
+        if base and any(lab is not None for lab in labels):
+            raise SamplingError("the base DiT samples images without a mask only")
+        mogle_dtype = next(self.model.mogle.parameters()).dtype
+        mask_latents = None if base else self.encode_masks(labels, size, list(generators), stored).to(mogle_dtype)
         b = len(labels)
         guidance_t = torch.full((b,), guidance, device=device, dtype=torch.float32) \
             if self.backbone.transformer.config.guidance_embeds else None
         cond = Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
                           text_ids(t5.shape[1], device=device, dtype=dtype),
-                          image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale)
+                          image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale,
+                          base=base)
         text_w = cfg_scale if text_cfg_scale is None else text_cfg_scale
         # Without any mask the mask-only prediction is the unconditional one: the prompt's weight is all.
         mask_w = cfg_scale if any(lab is not None for lab in labels) else text_w
@@ -570,8 +575,8 @@ class FaceMoGLEPipeline:
         e_ids = text_ids(e5.shape[1], device=device, dtype=dtype)
         uncond = mask_only = None
         if mask_w != 1:
-            empty = self.encode_masks([None] * b, size, list(generators)).to(mask_latents.dtype)
-            uncond = Conditions(empty, e5, ep, e_ids, cond.img_ids, guidance_t, condition_scale)
+            empty = None if base else self.encode_masks([None] * b, size, list(generators)).to(mogle_dtype)
+            uncond = Conditions(empty, e5, ep, e_ids, cond.img_ids, guidance_t, condition_scale, base=base)
         if text_w != mask_w:
             mask_only = replace(cond, t5=e5, pooled=ep, txt_ids=e_ids)
         return replace(cond, cfg_scale=mask_w, text_cfg_scale=text_w, uncond=uncond, mask_only=mask_only)
@@ -583,6 +588,8 @@ class FaceMoGLEPipeline:
         t = t.expand(latents.shape[0]).to(self.device)
 
         def predict(c: "Conditions") -> torch.Tensor:
+            if c.base:
+                return self.model.base(latents.to(self.dtype), t, c.t5, c.pooled, c.txt_ids, c.img_ids, c.guidance)
             return self.model(
                 latents.to(self.dtype), t, c.mask_latents, c.t5, c.pooled, c.txt_ids, c.img_ids,
                 guidance=c.guidance, condition_scale=c.condition_scale,
@@ -614,22 +621,37 @@ class FaceMoGLEPipeline:
         device = self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
+        # sample.text_only "base": images without a mask go to the base DiT, the others to Face-MoGLE;
+        # each part of the batch is conditioned and guided by its own model.
+        use_base = [self.cfg.sample.text_only == "base" and lab is None for lab in labels]
+        parts = []
         with self.placed("vae"):
-            cond = self.conditions(t5, pooled, labels, generators, size, guidance, condition_scale, *cfg_scales,
-                                   empty_text=empty_text, stored=stored)
+            for flag in sorted(set(use_base)):
+                rows = [i for i, b in enumerate(use_base) if b == flag]
+                parts.append((rows, self.conditions(
+                    t5[rows], pooled[rows], [labels[i] for i in rows], [generators[i] for i in rows], size, guidance,
+                    condition_scale, *cfg_scales, empty_text=empty_text,
+                    stored=None if stored is None else [stored[i] for i in rows], base=flag)))
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
+        return_gates = return_gates and not any(use_base)  # the base DiT has no gate
         with self.placed("transformer"):
-            latents, gate_sum = self._denoise(latents, timesteps, sigmas, cond, return_gates, gate_step, step_done)
+            latents, gate_sum = self._denoise(latents, timesteps, sigmas, parts, return_gates, gate_step, step_done)
         with self.placed("vae"):
             images = self.decode(latents, size)
         gates = None if gate_sum is None else (gate_sum / steps).cpu()
         return images, gates
 
-    def _denoise(self, latents, timesteps, sigmas, cond, return_gates, gate_step, step_done):
+    def _denoise(self, latents, timesteps, sigmas, parts, return_gates, gate_step, step_done):
+        """The Euler steps; `parts`: (rows of the batch, their Conditions), one per model."""
         model, steps = self.model, len(timesteps)
         gate_sum = None
         for i in range(steps):
-            velocity = self.velocity(latents, timesteps[i], cond)
+            if len(parts) == 1:
+                velocity = self.velocity(latents, timesteps[i], parts[0][1])
+            else:
+                velocity = torch.empty_like(latents)
+                for rows, cond in parts:
+                    velocity[rows] = self.velocity(latents[rows], timesteps[i], cond).float()
             # Euler step of the flow ODE (FlowMatchEulerDiscreteScheduler.step), in float32.
             latents = latents + (sigmas[i + 1] - sigmas[i]).item() * velocity.float()
             if return_gates and model.mogle.last_gate_weights is not None:
@@ -645,7 +667,7 @@ class FaceMoGLEPipeline:
 @dataclass
 class Conditions:
     """A batch's conditioning as the transformer reads it (see FaceMoGLEPipeline.conditions)."""
-    mask_latents: torch.Tensor  # [B, 20, N, C]
+    mask_latents: Optional[torch.Tensor]  # [B, 20, N, C]; None for the base DiT
     t5: torch.Tensor
     pooled: torch.Tensor
     txt_ids: torch.Tensor
@@ -656,6 +678,7 @@ class Conditions:
     text_cfg_scale: float = 1.0  # the prompt's weight on top of the mask's (with a mask-only batch)
     uncond: Optional["Conditions"] = None  # the unconditional batch of classifier-free guidance
     mask_only: Optional["Conditions"] = None  # the mask without the prompt (a separate prompt weight)
+    base: bool = False  # sampled by the base DiT alone (no mask latents, LoRA off)
 
 
 __all__ = [

@@ -3,7 +3,7 @@ compare it with the mask it was generated from.
 
 - parser "segformer": a SegformerForSemanticSegmentation face parser trained on CelebAMask-HQ (its
   19 classes in the same label order as our masks), from a local folder;
-- parser "synthfaces": SynthFaces' exact colour parser (face_mogle.data.synthetic.parse), for models
+- parser "synthfaces": SynthFaces' exact colour parser (face_mogle.data.synthfaces.parse), for models
   trained on that procedural data, where a perfect generator scores 100.
 
 Scores come from one 19 x 19 confusion matrix accumulated over all pixels of all images:
@@ -109,13 +109,13 @@ class SynthFacesParser:
     """SynthFaces' exact colour parser. Images are resized with nearest neighbour only, so the
     colours it reads stay exact."""
 
-    identity = {"parser": "face_mogle.data.synthetic.parse"}
+    identity = {"parser": "face_mogle.data.synthetic.parse"}  # unchanged since the move: keeps cached scores valid
 
     def __init__(self):
         try:
-            from face_mogle.data.synthetic import parse
+            from face_mogle.data.synthfaces import parse
         except ImportError as e:
-            raise EvalError(f"--parser synthfaces needs face_mogle.data.synthetic.parse: {one_line(e)}") from None
+            raise EvalError(f"--parser synthfaces needs face_mogle.data.synthfaces.parse: {one_line(e)}") from None
         self.parse = parse
 
     @staticmethod

@@ -65,6 +65,12 @@ class FaceMoGLE(nn.Module):
             guidance=guidance, condition_tokens=cond, options=opts,
         )
 
+    def base(self, noisy, timestep, prompt_embeds, pooled_embeds, txt_ids, img_ids, guidance=None) -> torch.Tensor:
+        """The frozen base DiT alone: no condition tokens, every LoRA layer bypassed (its text-to-image
+        velocity, as before the Face-MoGLE stage)."""
+        return three_stream_forward(self.transformer, noisy, prompt_embeds, pooled_embeds, timestep, img_ids, txt_ids,
+                                    guidance=guidance, options=StreamOptions(latent_lora=False))
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         unreachable = set(unreachable_lora_parameters(self.transformer, self.options.latent_lora))
         lora = [p for n, p in self.transformer.named_parameters() if "lora_" in n and n not in unreachable]

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import DataError, read_captions, read_split
-from ..data.synthetic import ATTRIBUTE_SOURCES
+from ..data.synthfaces import ATTRIBUTE_SOURCES
 from ..models.builder import TINY_DEMO_SPEC, BackboneError, TinySpec, build_tiny_backbone, load_backbone
 
 # The noun each colour attribute is named by in a caption; a colour word describes the first of

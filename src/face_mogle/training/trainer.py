@@ -39,6 +39,7 @@ from .region_weights import weighted_flow_matching_loss
 RESUMABLE_CHANGES = {
     "name", "train.max_steps", "train.save_interval", "train.sample_interval", "train.log_interval",
     "train.keep_checkpoints", "train.tracker", "data.num_workers", "pretrained",
+    "data.parser",  # the face parser editing uses: training never reads it
 }
 
 

@@ -68,7 +68,7 @@ def random_crops(faces: torch.Tensor, weights: torch.Tensor, batch: int, crop: i
 def _parse_miou(recon: torch.Tensor, masks: torch.Tensor) -> float:
     """mIoU of the SynthFaces parse of the reconstructions against the true label maps: the
     ceiling this VAE puts on any mask-consistency score measured through it."""
-    from ..data.synthetic import mean_iou, parse
+    from ..data.synthfaces import mean_iou, parse
 
     u8 = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return mean_iou([parse(a) for a in u8], list(masks.numpy()))

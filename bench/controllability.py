@@ -53,10 +53,13 @@ def score(truth: dict, images: list[np.ndarray], start: float, vae=None) -> dict
     """Parse each image [S, S, 3] uint8 and score it against its mask and its caption's colours; face
     validity against real renders, also through `vae` (the run's, which decoded the images)."""
     from face_mogle.data.synthfaces import CAPTION_COLOR_KEYS, caption_color_hits, mean_iou, parse
-    from face_mogle.eval.face_validity import face_validity
+    from face_mogle.eval.face_validity import TooSmallToScore, face_validity
 
     parsed_all = [parse(arr) for arr in images]
-    validity = face_validity(images, labels=parsed_all, vae=vae)
+    try:
+        validity = face_validity(images, labels=parsed_all, vae=vae)
+    except TooSmallToScore:  # e.g. the 32-64 px faces of quick runs: real renders lose parts there
+        validity = {"validity": float("nan"), "failures": {f"not measurable at {images[0].shape[0]} px": len(images)}}
     right = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
     total = dict.fromkeys(CAPTION_COLOR_KEYS, 0)
     for arr, parsed, colors, prompt in zip(images, parsed_all, truth["colors"], truth["prompts"]):

@@ -170,6 +170,9 @@ def test_bad_gguf_files_are_one_line(tmp_path, tiny_gguf, monkeypatch):
     # a FLUX file of another size: the first tensor that differs is named, with both shapes
     refused(tiny_gguf, r"does not fit the transformer of .*: tensor 'img_in.weight' is 32×64, the config wants 64×64",
             spec=TinySpec(attention_head_dim=32, axes_dims_rope=[8, 12, 12]))
+    # a FLUX file with more blocks than the config's: nothing of it is dropped silently
+    refused(tiny_gguf, r"it holds tensor 'double_blocks.1.img_mod.lin.weight', which that transformer does not have",
+            spec=TinySpec(num_layers=1))
     # a file cut short (an interrupted download)
     (tmp_path / "cut.gguf").write_bytes(tiny_gguf.read_bytes()[: tiny_gguf.stat().st_size // 2])
     refused(tmp_path / "cut.gguf", r"cannot read GGUF file .*cut.gguf \(cut short or damaged")

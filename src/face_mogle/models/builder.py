@@ -201,9 +201,12 @@ def load_backbone(
         if pretrained_transformer is not None:
             import tempfile
 
-            with tempfile.TemporaryDirectory() as tmp:
+            from .quantization import quantized_scheme
+
+            with tempfile.TemporaryDirectory() as tmp:  # the tiny transformer's config.json, as a folder holds it
                 backbone.transformer.save_config(tmp)
-                _use_gguf(backbone, pretrained_transformer, tmp, dtype, device)
+                backbone.transformer = _gguf_transformer(pretrained_transformer, tmp, dtype, device)
+            backbone.quantize = quantized_scheme(backbone.transformer)
         return _move_unquantized(backbone, device, None if dtype == torch.float32 else dtype)
     folder = check_backbone_folder(source)
 
@@ -226,12 +229,12 @@ def load_backbone(
     qdtype = compute_dtype(quantize, dtype)
     qkw = dict(kw, torch_dtype=qdtype) if quantize == "none" else dict(
         kw, torch_dtype=qdtype, device_map={"": torch.device(device)})
-    if pretrained_transformer is not None:  # the weights from the GGUF file, the config from the folder
-        def transformer(p):
-            return _use_gguf(None, pretrained_transformer, p, dtype, device)
-    else:
-        def transformer(p):
-            return FluxTransformer2DModel.from_pretrained(p, quantization_config=diffusers_config(quantize, qdtype), **qkw)
+
+    def transformer(p):
+        if pretrained_transformer is not None:  # the weights from the GGUF file, the config from the folder
+            return _gguf_transformer(pretrained_transformer, p, dtype, device)
+        return FluxTransformer2DModel.from_pretrained(p, quantization_config=diffusers_config(quantize, qdtype), **qkw)
+
     backbone = Backbone(
         transformer=load("transformer", transformer),
         vae=load("vae", lambda p: AutoencoderKL.from_pretrained(p, **kw)),
@@ -250,20 +253,15 @@ def load_backbone(
     return _move_unquantized(backbone, device, None)
 
 
-def _use_gguf(backbone: Optional[Backbone], path, config_dir, dtype: torch.dtype, device):
-    """The transformer from a GGUF file (placed on `device`; it computes in `dtype`), put into
-    `backbone` when one is given; a bad file is one BackboneError line."""
+def _gguf_transformer(path, config_dir, dtype: torch.dtype, device):
+    """The transformer of `config_dir` with its weights from a GGUF file, placed on `device` and
+    computing in `dtype`; a bad file is one BackboneError line."""
     from .gguf import GGUFError, load_gguf_transformer
-    from .quantization import quantized_scheme
 
     try:
-        transformer = load_gguf_transformer(path, config_dir, dtype, device)
+        return load_gguf_transformer(path, config_dir, dtype, device)
     except GGUFError as err:
         raise BackboneError(str(err)) from None
-    if backbone is not None:
-        backbone.transformer, backbone._pipeline = transformer, None
-        backbone.quantize = quantized_scheme(transformer)
-    return transformer
 
 
 def _load_t5(path, cls, quantize: str, qdtype: torch.dtype, device, kw: dict):

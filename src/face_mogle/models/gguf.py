@@ -104,8 +104,8 @@ def logical_shape(t: torch.Tensor) -> tuple[int, ...]:
 
 def check_fits(checkpoint: dict, shapes: dict[str, tuple], config: dict, path, config_dir) -> None:
     """Refuse, naming one tensor, a file that is not this config's FLUX.1 transformer."""
-    missing = []
-    for name, parts in layout(config).items():
+    missing, names = [], layout(config)
+    for name, parts in names.items():
         if name not in checkpoint:
             missing.append(name)
             continue
@@ -117,7 +117,12 @@ def check_fits(checkpoint: dict, shapes: dict[str, tuple], config: dict, path, c
                             "(a different model, or a config of another size)")
     if missing:
         raise GGUFError(f"GGUF file {path} does not hold the FLUX.1 transformer of {config_dir}: it has no tensor "
-                        f"{missing[0]!r} ({len(missing)} of its {len(layout(config))} tensors missing: another model?)")
+                        f"{missing[0]!r} ({len(missing)} of its {len(names)} tensors missing: another model?)")
+    extra = [name for name in checkpoint if name not in names]
+    if extra:  # more blocks, or a guidance embedder the config lacks: these weights would be dropped silently
+        raise GGUFError(f"GGUF file {path} does not fit the transformer of {config_dir}: it holds tensor {extra[0]!r}, "
+                        f"which that transformer does not have ({len(extra)} such; a different model, or a config of "
+                        "another size)")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -247,6 +247,18 @@ def test_missing_cache_and_unset_dir(root, tiny_backbone, tmp_path):
         open_cache(cfg, tiny_backbone)
 
 
+def test_only_a_cache_with_text_keeps_the_encoders_off_the_gpu(built, root, tiny_backbone, tmp_path):
+    """The trainer parks the VAE, CLIP and T5 on the CPU exactly when nothing in a step runs them."""
+    from face_mogle.training.trainer import _full_cache
+
+    assert _full_cache(built)  # latents + text embeddings
+    latents_only = make_cfg(root, tmp_path / "latents")
+    build_cache(latents_only, "train", backbone=tiny_backbone, text=False, progress=False, log=lambda m: None)
+    assert not _full_cache(latents_only)  # captions are encoded in every step
+    assert not _full_cache(make_cfg(root, tmp_path / "none"))  # no cache yet: open_cache reports it
+    assert not _full_cache(make_cfg(root, tmp_path, "data.cache_dir=null"))
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 

@@ -48,6 +48,15 @@ def test_quantized_backbone_holds_the_transformer_and_t5_quantized(scheme):
             assert 0 < err < (0.01 if scheme == "int8" else 0.15), (name, err)
 
 
+def test_encoders_can_load_apart_from_the_transformer():
+    """`encoders_device` (training from a full cache): the VAE, CLIP and T5 go there, unquantized, and the
+    transformer stays quantized on its device ("meta" stands in for the CPU beside a GPU)."""
+    bb = load_backbone("tiny", quantize="int8", encoders_device="meta")
+    assert quantized_scheme(bb.transformer) == "int8" and bb.transformer.device.type == "cpu"
+    for part in (bb.vae, bb.text_encoder, bb.text_encoder_2):
+        assert quantized_scheme(part) == "none" and all(p.device.type == "meta" for p in part.parameters())
+
+
 def test_bad_schemes_are_one_line():
     with pytest.raises(QuantizationError, match="unknown quantization 'int4'"):
         load_backbone("tiny", quantize="int4")

@@ -184,11 +184,16 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
     return run
 
 
+def _on_cpu(module: torch.nn.Module) -> bool:
+    p = next(module.parameters(), None)
+    return p is not None and p.device.type == "cpu"
+
+
 class FaceMoGLEPipeline:
     """Batched sampler over a FaceMoGLE model (transformer + LoRA + MoGLE) and its FLUX backbone."""
 
     def __init__(self, backbone: Backbone, model: FaceMoGLE, cfg: Config, device: str | torch.device = "cpu",
-                 run_dir: Optional[str] = None):
+                 run_dir: Optional[str] = None, offload: Optional[str] = None):
         self.backbone = backbone
         self.model = model.eval()
         for m in (backbone.vae, backbone.text_encoder, backbone.text_encoder_2):
@@ -196,7 +201,9 @@ class FaceMoGLEPipeline:
         self.cfg = cfg
         self.device = torch.device(device)
         self.run_dir = run_dir
-        self.offload = cfg.sample.offload
+        # `offload` replaces sample.offload: the trainer's sample grids use "model" for its encoders
+        # kept on the CPU, and never leaf hooks on the transformer it trains
+        self.offload = cfg.sample.offload if offload is None else offload
         if self.offload == "leaf":
             self._group_offload_transformer()
 
@@ -216,12 +223,14 @@ class FaceMoGLEPipeline:
     @contextlib.contextmanager
     def placed(self, *names: str):
         """Inside the block the named backbone components sit on the device. With `sample.offload`
-        model (or leaf, for everything but the transformer) they are on the CPU before and after, so
-        T5 never sits beside the transformer; without offloading, everything stays where it is."""
+        model (or leaf, for everything but the transformer) the ones waiting on the CPU are brought in
+        and put back after, so T5 never sits beside the transformer; a component already on the device
+        stays (the transformer a trainer is training); without offloading, everything stays where it is."""
         if self.offload == "none" or self.device.type == "cpu":
             yield
             return
-        modules = [getattr(self.backbone, n) for n in names if not (n == "transformer" and self.offload == "leaf")]
+        modules = [m for n in names if not (n == "transformer" and self.offload == "leaf")
+                   and _on_cpu(m := getattr(self.backbone, n))]
         for m in modules:
             m.to(self.device)
         try:

@@ -177,6 +177,7 @@ def load_backbone(
     tiny_spec: Optional[TinySpec] = None,
     quantize: str = "none",
     pretrained_transformer: Optional[str | os.PathLike] = None,
+    encoders_device: Optional[torch.device | str] = None,
 ) -> Backbone:
     """Load all FLUX components from `source` (a folder), or build the tiny preset ("tiny").
 
@@ -184,7 +185,10 @@ def load_backbone(
     through diffusers' / transformers' quantization configs; they then compute in bfloat16 where
     `dtype` is float32 (see models.quantization). `pretrained_transformer`, a GGUF file, replaces the
     transformer's weights (its config still comes from `source`); the backbone's `quantize` then
-    names the file's type, e.g. "gguf-q8_0" (models.gguf)."""
+    names the file's type, e.g. "gguf-q8_0" (models.gguf). `encoders_device` (default: `device`) is
+    where the VAE, CLIP and T5 go: training from a full latent/text cache keeps them on the CPU, so
+    they never take GPU memory; T5 is then loaded unquantized (it does not run there, and NF4 cannot
+    be loaded on a CPU)."""
     from .quantization import QuantizationError, check_scheme
 
     if isinstance(dtype, str):
@@ -193,11 +197,13 @@ def load_backbone(
         raise QuantizationError(f"pretrained_transformer {pretrained_transformer} is a GGUF file, already quantized: "
                                 f"quantize must be none with it (got {quantize})")
     check_scheme(quantize, device)
+    encoders_device = torch.device(device if encoders_device is None else encoders_device)
+    apart = encoders_device != torch.device(device)
     if str(source) == "tiny":
         # Built in float32 on the CPU; move/cast only when asked (casting diffusers models warns).
         backbone = build_tiny_backbone(tiny_spec or TinySpec())
         if quantize != "none":
-            _quantize_in_place(backbone, quantize, dtype, device)
+            _quantize_in_place(backbone, quantize, dtype, device, text_encoder=not apart)
         if pretrained_transformer is not None:
             import tempfile
 
@@ -207,7 +213,7 @@ def load_backbone(
                 backbone.transformer.save_config(tmp)
                 backbone.transformer = _gguf_transformer(pretrained_transformer, tmp, dtype, device)
             backbone.quantize = quantized_scheme(backbone.transformer)
-        return _move_unquantized(backbone, device, None if dtype == torch.float32 else dtype)
+        return _move_unquantized(backbone, device, None if dtype == torch.float32 else dtype, encoders_device)
     folder = check_backbone_folder(source)
 
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -240,7 +246,8 @@ def load_backbone(
         vae=load("vae", lambda p: AutoencoderKL.from_pretrained(p, **kw)),
         text_encoder=load("text_encoder", lambda p: CLIPTextModel.from_pretrained(p, **kw)),
         tokenizer=load("tokenizer", lambda p: CLIPTokenizer.from_pretrained(p, local_files_only=True)),
-        text_encoder_2=load("text_encoder_2", lambda p: _load_t5(p, T5EncoderModel, quantize, qdtype, device, kw)),
+        text_encoder_2=load("text_encoder_2", lambda p: _load_t5(p, T5EncoderModel, "none" if apart else quantize,
+                                                                     qdtype, device, kw)),
         tokenizer_2=load("tokenizer_2", lambda p: AutoTokenizer.from_pretrained(p, local_files_only=True)),
         scheduler=load("scheduler", lambda p: FlowMatchEulerDiscreteScheduler.from_pretrained(p, local_files_only=True)),
         source=str(folder),
@@ -250,7 +257,7 @@ def load_backbone(
         from .quantization import quantized_scheme
 
         backbone.quantize = quantized_scheme(backbone.transformer)
-    return _move_unquantized(backbone, device, None)
+    return _move_unquantized(backbone, device, None, encoders_device)
 
 
 def _gguf_transformer(path, config_dir, dtype: torch.dtype, device):
@@ -274,22 +281,23 @@ def _load_t5(path, cls, quantize: str, qdtype: torch.dtype, device, kw: dict):
                                device_map={"": torch.device(device)}, **kw)
 
 
-def _move_unquantized(backbone: Backbone, device, dtype: Optional[torch.dtype]) -> Backbone:
-    """Move (and cast) the components that are not quantized; quantized ones already sit where they
-    were loaded (a quantized weight is not cast)."""
+def _move_unquantized(backbone: Backbone, device, dtype: Optional[torch.dtype], encoders_device=None) -> Backbone:
+    """Move (and cast) the components that are not quantized: the transformer to `device`, the
+    encoders to `encoders_device` (default: `device`). Quantized ones already sit where they were
+    loaded (a quantized weight is not cast)."""
     from .quantization import quantized_scheme
 
-    kwargs = {k: v for k, v in (("device", None if str(device) == "cpu" else device), ("dtype", dtype)) if v is not None}
-    if kwargs:
-        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-            if quantized_scheme(getattr(backbone, name)) == "none":  # a GGUF transformer beside a plain T5
-                getattr(backbone, name).to(**kwargs)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        where = device if name == "transformer" or encoders_device is None else encoders_device
+        kwargs = {k: v for k, v in (("device", None if str(where) == "cpu" else where), ("dtype", dtype)) if v is not None}
+        if kwargs and quantized_scheme(getattr(backbone, name)) == "none":  # a GGUF transformer beside a plain T5
+            getattr(backbone, name).to(**kwargs)
     return backbone
 
 
-def _quantize_in_place(backbone: Backbone, quantize: str, dtype: torch.dtype, device) -> None:
-    """The tiny preset's transformer and T5, quantized by the same loaders a folder goes through:
-    saved to a temporary folder and loaded back with the quantization configs."""
+def _quantize_in_place(backbone: Backbone, quantize: str, dtype: torch.dtype, device, text_encoder: bool = True) -> None:
+    """The tiny preset's transformer and (with `text_encoder`) T5, quantized by the same loaders a
+    folder goes through: saved to a temporary folder and loaded back with the quantization configs."""
     import tempfile
 
     from diffusers import FluxTransformer2DModel
@@ -301,12 +309,13 @@ def _quantize_in_place(backbone: Backbone, quantize: str, dtype: torch.dtype, de
     kw = dict(local_files_only=True, torch_dtype=torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
         backbone.transformer.save_pretrained(os.path.join(tmp, "transformer"))
-        backbone.text_encoder_2.save_pretrained(os.path.join(tmp, "text_encoder_2"))
         backbone.transformer = FluxTransformer2DModel.from_pretrained(
             os.path.join(tmp, "transformer"), quantization_config=diffusers_config(quantize, qdtype),
             **dict(kw, torch_dtype=qdtype, device_map={"": torch.device(device)})).eval()
-        backbone.text_encoder_2 = _load_t5(os.path.join(tmp, "text_encoder_2"), T5EncoderModel, quantize, qdtype,
-                                           device, kw).eval()
+        if text_encoder:
+            backbone.text_encoder_2.save_pretrained(os.path.join(tmp, "text_encoder_2"))
+            backbone.text_encoder_2 = _load_t5(os.path.join(tmp, "text_encoder_2"), T5EncoderModel, quantize, qdtype,
+                                               device, kw).eval()
     backbone.quantize = quantize
     backbone._pipeline = None
 

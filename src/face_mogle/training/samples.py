@@ -48,7 +48,9 @@ def write_sample_grid(trainer, step: int) -> Path | None:
     if not masks:
         return None
     seeds = list(range(len(masks)))
-    pipe = FaceMoGLEPipeline(trainer.backbone, model, cfg, device=trainer.acc.device)
+    # encoders kept on the CPU (a full cache) come to the GPU one stage at a time, as with offload model
+    pipe = FaceMoGLEPipeline(trainer.backbone, model, cfg, device=trainer.acc.device,
+                             offload="model" if trainer.encoders_on_cpu else "none")
     try:
         both = pipe(prompts, masks, seeds=seeds, size=cfg.data.size).images
         mask_only = pipe([""] * len(masks), masks, seeds=seeds, size=cfg.data.size).images

@@ -110,6 +110,21 @@ def check_resume_config(saved: Config, current: Config, source: str = "the run's
         )
 
 
+def _full_cache(cfg) -> bool:
+    """`data.cache_dir` holds latents and text embeddings (a missing or broken cache is reported
+    later, by open_cache, with the command that builds it)."""
+    if not cfg.data.cache_dir:
+        return False
+    from ..data.cache import CacheError
+    from ..data.cache.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(Path(cfg.data.cache_dir))
+    except CacheError:
+        return False
+    return manifest is not None and bool(manifest.get("text", True))
+
+
 def split_digest(ids) -> dict:
     """The training split as it was when a checkpoint was saved: its order decides every batch."""
     ids = [int(i) for i in ids]
@@ -285,9 +300,13 @@ class Trainer:
         if base_mode and cfg.pretrained_transformer is not None:
             raise TrainingError(f"train.mode base trains every weight of the transformer: it cannot come from the "
                                 f"quantized GGUF file {cfg.pretrained_transformer} (set pretrained_transformer: null)")
+        # With a full latent + text cache nothing in a step runs the VAE, CLIP or T5: they stay on the
+        # CPU (sample grids bring them in one at a time), so the GPU holds the transformer alone
+        self.encoders_on_cpu = acc.device.type != "cpu" and _full_cache(cfg)
         try:
             self.backbone = load_backbone(cfg.pretrained, dtype=weight_dtype, device=acc.device,
-                                          quantize=cfg.model.quantize, pretrained_transformer=cfg.pretrained_transformer)
+                                          quantize=cfg.model.quantize, pretrained_transformer=cfg.pretrained_transformer,
+                                          encoders_device="cpu" if self.encoders_on_cpu else None)
         except QuantizationError as err:
             raise TrainingError(str(err)) from None
         tr = self.backbone.transformer

@@ -152,6 +152,9 @@ class DataConfig:
     # The face parser that reads this data's faces back (editing a face without its mask): "segformer"
     # for real faces, "synthfaces" (the exact colour parser) for a run trained on SynthFaces.
     parser: str = "segformer"
+    # Who each image shows (identity conditioning): CelebA's identity_CelebA.txt for MM-CelebA-HQ, with
+    # CelebA-HQ-to-CelebA-mapping.txt beside it or in root; None = SynthFaces' attributes.json "identity".
+    identity_file: Optional[str] = None
 
 
 @dataclass
@@ -441,6 +444,8 @@ def validate(cfg: Config) -> None:
     _choice("sample.local_maps", cfg.sample.local_maps, ("real", "blank"))
     _choice("sample.text_only", cfg.sample.text_only, ("official", "base"))
     _choice("data.parser", cfg.data.parser, ("segformer", "synthfaces"))
+    if cfg.data.identity_file is not None and not cfg.data.identity_file.strip():
+        raise ConfigError("config key 'data.identity_file' must be null or a file path (identity_CelebA.txt), got ''")
     _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
     if not 0.0 <= cfg.model.gate_global_prior < 1.0:
         raise ConfigError(f"config key 'model.gate_global_prior' must be in [0, 1), got {cfg.model.gate_global_prior}")

@@ -4,8 +4,9 @@ Every face is drawn as a label map first and then coloured with one flat colour 
 the mask does not fix (hair, eyes, lips, skin, cloth, background, hat) vary per sample and are named
 in the captions; because every colour is known, `parse` reads a generated image back exactly.
 
-One module per role: `palette` (the colours), `render` (drawing a face), `captions`, `parser`
-(image -> label map, colours, expression) and `writer` (a data set on disk). Images are saved as
+One module per role: `palette` (the colours), `render` (drawing a face), `identity` (which parameters
+make a person), `captions`, `parser` (image -> label map, colours, expression) and `writer` (a data set
+on disk). Images are saved as
 JPEG quality 95 with 4:4:4 chroma (4:2:0 would smear colour edges).
 """
 
@@ -15,6 +16,7 @@ from face_mogle.data.synthfaces.palette import (
     EYE_COLORS, GLASSES_COLOR, HAIR_COLORS, HAT_COLORS, LIP_COLORS, MIN_CLASS_DISTANCE, MOUTH_COLOR, NECK_SHADES,
     NECKLACE_COLOR, NOSE_SHADES, SKIN_TONES, TABLE_LABEL, TABLE_RGB, L, min_class_distance,
 )
+from face_mogle.data.synthfaces.identity import IDENTITY_PARAMS, IDENTITY_STREAM, identity_params
 from face_mogle.data.synthfaces.parser import (
     CAPTION_COLOR_KEYS, CLOSED_EYE_PX, FAR_DISTANCE, SMILE_BEND, UNSURE_MARGIN, attributes, caption_color_hits,
     expression_of, mean_iou, parse,
@@ -25,8 +27,8 @@ from face_mogle.data.synthfaces.writer import write_dataset
 __all__ = [
     "ATTRIBUTE_SOURCES", "BACKGROUND_COLORS", "BROW_COLOR", "CAPTION_COLOR_KEYS", "CLOSED_EYE_PX", "CLOTH_COLORS",
     "COLOR_KEYS", "EAR_SHADES", "EARRING_COLOR", "EXPRESSIONS", "EYE_COLORS", "FAR_DISTANCE", "GLASSES_COLOR",
-    "HAIR_COLORS", "HAIR_PARAMS", "HAIR_STYLES", "HAT_COLORS", "L", "LID_COLOR", "LIP_COLORS", "MIN_CLASS_DISTANCE",
+    "HAIR_COLORS", "HAIR_PARAMS", "HAIR_STYLES", "HAT_COLORS", "IDENTITY_PARAMS", "IDENTITY_STREAM", "L", "LID_COLOR", "LIP_COLORS", "MIN_CLASS_DISTANCE",
     "MOUTH_COLOR", "NECK_SHADES", "NECKLACE_COLOR", "NOSE_SHADES", "SKIN_TONES", "SMILE_BEND", "TABLE_LABEL",
-    "TABLE_RGB", "UNSURE_MARGIN", "Sample", "attributes", "caption_color_hits", "captions_for", "expression_of",
+    "TABLE_RGB", "UNSURE_MARGIN", "Sample", "attributes", "caption_color_hits", "captions_for", "expression_of", "identity_params",
     "mean_iou", "min_class_distance", "parse", "render", "write_dataset",
 ]

@@ -82,11 +82,15 @@ class _Painter:
         self.draw.line(self.px(pts), fill=label, width=max(1, int(round(width_px))), joint="curve")
 
 
-def _draw_params(rng: np.random.Generator) -> dict:
+def _draw_params(rng: np.random.Generator, gender: Optional[str] = None) -> dict:
     """Every random choice of one face, drawn in a fixed order so the face does not depend on
-    the output size."""
+    the output size. gender: given (an identity's), it replaces the drawn one before the choices
+    that depend on it; the stream draws the same numbers either way."""
     u = rng.uniform
-    gender = "female" if rng.random() < 0.5 else "male"
+    drawn = "female" if rng.random() < 0.5 else "male"
+    if gender not in (None, "female", "male"):
+        raise ValueError(f"gender must be 'female' or 'male', got {gender!r}")
+    gender = gender or drawn
     p = {
         "gender": gender,
         "hair_style": HAIR_STYLES[rng.choice(len(HAIR_STYLES), p=_STYLE_P[gender])],
@@ -375,16 +379,24 @@ def _colorize(label_image: Image.Image, p: dict) -> np.ndarray:
     return np.array(indexed.convert("RGB"))
 
 
-def render(seed_or_rng, size: int = 256, expressions: bool = False, changes: Optional[dict] = None) -> Sample:
+def render(seed_or_rng, size: int = 256, expressions: bool = False, changes: Optional[dict] = None,
+           identity: Optional[dict] = None) -> Sample:
     """Draw one face. seed_or_rng: an int, a sequence such as (seed, index), or a Generator.
     expressions: give the face an expression (attributes["expression"], named in the captions);
     everything else about the face stays as it is without. changes: drawn parameters to replace
     (e.g. {"expression": "smiling"}, {"hair_color": "red"}, HAIR_PARAMS of another face): the same
-    face with that one thing changed, an edit's exact target."""
+    face with that one thing changed, an edit's exact target. identity: a person's parameters (see
+    `identity.identity_params`) in place of the drawn ones; their gender is in place before the
+    gender-dependent choices are made (a `changes` gender, an edit, leaves those choices as drawn)."""
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     rng = np.random.default_rng(seed_or_rng)
-    p = _draw_params(rng)
+    identity = dict(identity or {})
+    p = _draw_params(rng, identity.get("gender"))
+    stray = sorted(set(identity) - set(p))
+    if stray:
+        raise ValueError(f"unknown face parameters in identity: {stray}")
+    p.update(identity)
     changes = dict(changes or {})
     forced = changes.pop("expression", None)
     if forced is not None and not expressions:

@@ -15,7 +15,7 @@ from face_mogle.config import ConfigError, load_config
 from face_mogle.data.masks import save_label_map
 from face_mogle.data.synthfaces import render
 from face_mogle.identity import (
-    ARCFACE_TEMPLATE, ArcFaceEncoder, EncoderConfig, FaceSet, IdentityError, TrainSettings, aligned_crop,
+    ARCFACE_TEMPLATE, ArcFaceEncoder, align_matrix, EncoderConfig, FaceSet, IdentityError, TrainSettings, aligned_crop,
     landmarks, load_identity_encoder, load_synthfaces_encoder, retrieval_top1, similarity, supcon_loss, template,
     train_encoder,
 )
@@ -31,11 +31,13 @@ IDENTITY_PARAMS = ("gender", "skin_tone", "eye_color", "a", "b", "chin", "eye_y"
 SMALL = EncoderConfig(crop=32, width=8, blocks=3, dim=32)
 
 
-def identity_renders(identities: int, per_identity: int, size: int = 96, seed: int = 0) -> FaceSet:
+def identity_renders(identities: int, per_identity: int, size: int = 96, seed: int = 0, expression=None) -> FaceSet:
     images, labels, idents = [], [], []
     for ident in range(identities):
         person = render((seed, 1000 + ident), size).params
         changes = {k: person[k] for k in IDENTITY_PARAMS}
+        if expression is not None:
+            changes["expression"] = expression
         for r in range(per_identity):
             s = render((seed, ident, r), size, expressions=True, changes=changes)
             images.append(Image.fromarray(s.image))
@@ -60,7 +62,7 @@ def synthetic_face(size=112) -> np.ndarray:
     disc(lab, (38, 52), 3, L["r_eye"])  # the person's right eye is on the image's left
     disc(lab, (74, 52), 3, L["l_eye"])
     lab[52:75, 54:59] = L["nose"]  # rows 52..74: the lowest fifth, rows 70..74, centres on (56, 72)
-    lab[90:95, 41:72] = L["u_lip"]  # corners: columns 41..42 and 70..71, rows 90..94
+    lab[90:95, 40:73] = L["u_lip"]  # 32 wide: corners are columns 40..43 and 69..72, rows 90..94
     return lab
 
 
@@ -100,12 +102,19 @@ def test_a_tilted_scaled_face_is_put_back_on_the_template():
 
 
 def test_a_synthfaces_render_aligns_whatever_its_pose():
-    """Two renders of one identity with different tilt/scale/shift: their crops' eyes land on the
-    template within a pixel (at 112)."""
-    faces = identity_renders(1, 2, size=128)
-    for img, lab in zip(faces.images, faces.labels):
-        _, crop_labels = aligned_crop(img, lab, 112)
-        assert np.abs(landmarks(crop_labels)[:2] - ARCFACE_TEMPLATE[:2]).max() < 1.5
+    """Renders of one identity (one expression) in other tilts, scales and shifts: in their crops the
+    eyes, nose and mouth land on the same places, and where the alignment says (at 112)."""
+    faces = identity_renders(3, 3, size=128, expression="neutral")
+    for ident in range(3):
+        points = []
+        for k in np.flatnonzero(faces.identities == ident):
+            img, lab = faces.images[k], faces.labels[k]
+            m = align_matrix(lab, 112)
+            _, crop_labels = aligned_crop(img, lab, 112)
+            points.append(landmarks(crop_labels))
+            assert np.abs(points[-1][:3] - (landmarks(lab)[:3] @ m[:, :2].T + m[:, 2])).max() < 2.0
+        spread = np.ptp(np.array(points), axis=0)  # the pose is gone
+        assert spread[:3].max() < 2.0 and spread[3:].max() < 3.0
 
 
 def test_no_face_is_a_one_line_error(tmp_path):
@@ -129,7 +138,7 @@ def test_no_face_is_a_one_line_error(tmp_path):
 
 
 class TinyRecognizer(torch.nn.Module):
-    def __init__(self, dim=512, rank=4):
+    def __init__(self, dim=512, rank=2):
         super().__init__()
         torch.manual_seed(0)
         self.conv = torch.nn.Conv2d(3, 4, 8, stride=8)  # 112 → 14
@@ -217,19 +226,19 @@ def test_foreign_onnx_file_is_one_line_with_shapes(tmp_path, kind):
 
 def test_supcon_loss_has_its_closed_form():
     z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    # each anchor: one positive at cosine 1, two negatives at 0 → -log(e^10 / (e^10 + 2)) at T = 0.1
-    want = -math.log(math.exp(10) / (math.exp(10) + 2))
-    assert supcon_loss(z, torch.tensor([0, 0, 1, 1]), 0.1).item() == pytest.approx(want, rel=1e-4)
-    # the same embeddings with the identities crossed: the positive is now at cosine 0
-    crossed = -math.log(1 / (math.exp(10) + 2))
-    assert supcon_loss(z, torch.tensor([0, 1, 0, 1]), 0.1).item() == pytest.approx(crossed, rel=1e-4)
+    # each anchor: one positive at cosine 1, two negatives at 0 → -log(e^(1/T) / (e^(1/T) + 2))
+    for t in (1.0, 0.5):
+        want = -math.log(math.exp(1 / t) / (math.exp(1 / t) + 2))
+        assert supcon_loss(z, torch.tensor([0, 0, 1, 1]), t).item() == pytest.approx(want, rel=1e-5)
+        # the identities crossed: the positive is now at cosine 0, a negative at 1
+        crossed = -math.log(1 / (math.exp(1 / t) + 2))
+        assert supcon_loss(z, torch.tensor([0, 1, 0, 1]), t).item() == pytest.approx(crossed, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
 def trained():
     faces = identity_renders(6, 4)
     settings = TrainSettings(steps=40, identities_per_batch=6, renders_per_identity=4, lr=3e-3, seed=0)
-    torch.set_num_threads(1)
     encoder, losses = train_encoder(faces, SMALL, settings)
     return faces, encoder, losses
 
@@ -239,12 +248,12 @@ def test_contrastive_training_lowers_the_loss(trained):
     assert len(losses) == 40 and all(math.isfinite(v) for v in losses)
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert first > 2.5  # about log(23): 24 renders, nothing learnt yet
-    assert last < 0.7 * first
+    assert last < 0.75 * first
     crops = [aligned_crop(img, lab, SMALL.crop) for img, lab in zip(faces.images, faces.labels)]
     emb = encoder.encode([c for c, _ in crops], [lab for _, lab in crops])
     assert emb.shape == (24, 32)
     np.testing.assert_allclose(emb.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    assert retrieval_top1(emb, faces.identities) >= 0.8  # the training faces themselves
+    assert retrieval_top1(emb, faces.identities) >= 0.6  # its training faces; chance is 1/6
 
 
 def test_saved_and_loaded_encoder_gives_identical_embeddings(trained, tmp_path):

@@ -8,7 +8,7 @@ the parse (CelebAMask-HQ label layout, face_mogle.labels), so no landmark detect
   * nose tip: the centroid of the lowest NOSE_TIP_BAND of the nose region, "low" measured along the
     face's own down axis (perpendicular to the eye line), so a tilted head gets its own tip;
   * mouth corners: the extremes of mouth + lips along the eye line (the mean of the pixels within
-    one pixel of each extreme).
+    MOUTH_CORNER_BAND of the mouth's width of each extreme).
 Coordinates are (x, y) with pixel centres at integers, as the template's.
 """
 
@@ -28,6 +28,9 @@ ARCFACE_TEMPLATE = np.array(
 )
 TEMPLATE_SIZE = 112
 NOSE_TIP_BAND = 0.2  # the lowest fifth of the nose: its tip and nostrils, not the bridge
+# A mouth corner is the mean of the pixels within this share of the mouth's width from its end: one
+# extreme pixel moves with every rasterisation, a small band does not.
+MOUTH_CORNER_BAND = 0.1
 
 _L = {name: i for i, name in enumerate(CLASSES)}
 MOUTH_CLASSES = (_L["mouth"], _L["u_lip"], _L["l_lip"])
@@ -69,8 +72,9 @@ def landmarks(labels: np.ndarray, name: str = "<image>") -> np.ndarray:
 
     mouth = pts["mouth"]
     side = mouth @ across
-    left = mouth[side <= side.min() + 1.0].mean(0)
-    right = mouth[side >= side.max() - 1.0].mean(0)
+    reach = max(1.0, MOUTH_CORNER_BAND * (side.max() - side.min()))
+    left = mouth[side <= side.min() + reach].mean(0)
+    right = mouth[side >= side.max() - reach].mean(0)
     return np.stack([eyes[0], eyes[1], tip, left, right])
 
 

@@ -269,7 +269,7 @@ def train_encoder(faces: FaceSet, cfg: EncoderConfig = EncoderConfig(), s: Train
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if log is not None:
             log(step, losses[-1])

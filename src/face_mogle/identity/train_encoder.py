@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists and is not a folder")
 
     # Imported here so that --help and argument errors stay instant.
-    import torch
 
     from face_mogle.identity.errors import IdentityError
     from face_mogle.identity.synthfaces_encoder import EncoderConfig, TrainSettings, identity_groups, retrieval_top1, train_encoder
@@ -122,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EncoderConfig(crop=args.crop, dim=args.dim)
         settings = TrainSettings(steps=args.steps, identities_per_batch=args.identities_per_batch,
                                  renders_per_identity=args.renders_per_identity, lr=args.lr, seed=args.seed)
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         encoder, losses = train_encoder(faces, cfg, settings, progress=not args.quiet)
         info = {"root": str(args.root)}
         val = [i for i in test_ids if i in identities]

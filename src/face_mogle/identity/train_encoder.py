@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out} exists and is not a folder")
 
     # Imported here so that --help and argument errors stay instant.
-
     from face_mogle.identity.errors import IdentityError
     from face_mogle.identity.synthfaces_encoder import EncoderConfig, TrainSettings, identity_groups, retrieval_top1, train_encoder
 

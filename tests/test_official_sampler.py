@@ -30,6 +30,7 @@ OFFICIAL = {
     "sample.cfg_scale": 1.0, "sample.text_cfg_scale": 1.0, "sample.mask_latent": "sample", "sample.local_maps": "blank",
     "model.gate_timestep_scale": 1000.0, "model.global_map": "stored", "model.scalar_gating": False, "model.experts": "all",
     "model.quantize": "none", "sample.text_only": "official",
+    "model.identity.encoder": None,  # the official model has no identity condition
 }
 # Keys the official sampler takes from the run too (it reads config["model"] from the run's
 # config.yaml; its MoGLE()/LoRA load refuses weights of other shapes), inputs of its command line
@@ -40,6 +41,7 @@ FROM_THE_RUN = {
     "model.lora.target_modules", "sample.size", "sample.max_size",
     "sample.offload",  # where the components wait between stages: the images do not change
     "sample.max_input_pixels",  # our bound on what a file may declare
+    "model.identity.weights", "model.identity.num_tokens",  # unused while the preset pins no identity
 }
 # A run that differs from the official sampler in every key the preset sets (and is guided).
 EVERY_KEY_DIFFERENT = [
@@ -47,7 +49,7 @@ EVERY_KEY_DIFFERENT = [
     "sample.cfg_scale=2.0", "sample.text_cfg_scale=3.0", "sample.mask_latent=mode", "sample.local_maps=real",
     "model.gate_timestep_scale=1.0", "model.global_map=gray", "model.scalar_gating=true", "model.experts=local",
     "model.latent_lora=true", "model.union_cond_attn=false", "model.quantize=int8",
-    "sample.text_only=base",
+    "sample.text_only=base", "model.identity.encoder=synthfaces",
 ]
 
 

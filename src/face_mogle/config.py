@@ -109,6 +109,20 @@ class LoraConfig:
 
 
 @dataclass
+class IdentityConfig:
+    """Who the face is (issue #31): a reference face's embedding as condition tokens."""
+
+    # null: no identity (the model as before); "synthfaces": the small CNN trained on SynthFaces
+    # identities (python -m face_mogle.identity.train_encoder); "arcface": a local ONNX
+    # face-recognition model (antelopev2 glintr100.onnx or buffalo_l w600k_r50.onnx)
+    encoder: Optional[str] = None
+    # the encoder's weights: a folder (synthfaces) or an .onnx file (arcface); null: its default place
+    # under checkpoints/identity/ (face_mogle.identity.DEFAULT_WEIGHTS)
+    weights: Optional[str] = None
+    num_tokens: int = 4  # identity tokens the projector makes from one embedding
+
+
+@dataclass
 class ModelConfig:
     num_experts: int = 20  # 1 global + 19 local
     expert_hidden_dim: int = 32
@@ -133,6 +147,7 @@ class ModelConfig:
     # full precision and train on top of it.
     quantize: str = "none"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
 
 @dataclass
@@ -447,6 +462,7 @@ def validate(cfg: Config) -> None:
     if cfg.data.identity_file is not None and not cfg.data.identity_file.strip():
         raise ConfigError("config key 'data.identity_file' must be null or a file path (identity_CelebA.txt), got ''")
     _choice("model.lora.init", cfg.model.lora.init, ("gaussian", "default"))
+    _check_identity(cfg.model.identity)
     if not 0.0 <= cfg.model.gate_global_prior < 1.0:
         raise ConfigError(f"config key 'model.gate_global_prior' must be in [0, 1), got {cfg.model.gate_global_prior}")
     ts = cfg.train.timestep_sampling
@@ -504,6 +520,20 @@ def validate(cfg: Config) -> None:
     text_w = cfg.sample.text_cfg_scale
     if text_w is not None and not (isinstance(text_w, (int, float)) and math.isfinite(text_w) and text_w >= 1):
         raise ConfigError(f"config key 'sample.text_cfg_scale' must be null (= sample.cfg_scale) or a finite number >= 1, got {text_w}")
+
+
+IDENTITY_ENCODERS = ("synthfaces", "arcface")  # face_mogle.identity.ENCODERS
+MAX_IDENTITY_TOKENS = 64  # PuLID uses 32; past this the tokens cost more attention than the mask
+
+
+def _check_identity(ident: IdentityConfig) -> None:
+    if ident.encoder is not None and ident.encoder not in IDENTITY_ENCODERS:
+        raise ConfigError(f"config key 'model.identity.encoder' must be null (no identity) or one of "
+                          f"{', '.join(IDENTITY_ENCODERS)}; got {shown(ident.encoder)}")
+    if ident.weights is not None and not ident.weights.strip():
+        raise ConfigError("config key 'model.identity.weights' must be a path, or null for the encoder's default place")
+    if not 1 <= ident.num_tokens <= MAX_IDENTITY_TOKENS:
+        raise ConfigError(f"config key 'model.identity.num_tokens' must be in 1..{MAX_IDENTITY_TOKENS}, got {ident.num_tokens}")
 
 
 def to_dict(cfg: Config) -> dict:

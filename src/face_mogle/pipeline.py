@@ -82,11 +82,12 @@ def preset_overrides(path: Optional[str | os.PathLike]) -> list[str]:
 
 def user_errors() -> tuple[type, ...]:
     """Exception types whose message is meant for the user (the CLIs print them as one line)."""
+    from .identity.errors import IdentityError
     from .image_files import ImageFileError
     from .models.builder import BackboneError
     from .models.quantization import QuantizationError
 
-    return (SamplingError, ConfigError, BackboneError, MaskError, ImageFileError, QuantizationError)
+    return (SamplingError, ConfigError, BackboneError, MaskError, ImageFileError, QuantizationError, IdentityError)
 
 
 def one_line(err: BaseException) -> str:

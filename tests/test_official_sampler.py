@@ -41,7 +41,7 @@ FROM_THE_RUN = {
     "model.lora.target_modules", "sample.size", "sample.max_size",
     "sample.offload",  # where the components wait between stages: the images do not change
     "sample.max_input_pixels",  # our bound on what a file may declare
-    "model.identity.weights", "model.identity.num_tokens",  # unused while the preset pins no identity
+    "model.identity.weights", "model.identity.num_tokens", "model.identity.embed_dim", "model.identity.entry",  # unused while the preset pins no identity
 }
 # A run that differs from the official sampler in every key the preset sets (and is guided).
 EVERY_KEY_DIFFERENT = [

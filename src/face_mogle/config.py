@@ -120,6 +120,11 @@ class IdentityConfig:
     # under checkpoints/identity/ (face_mogle.identity.DEFAULT_WEIGHTS)
     weights: Optional[str] = None
     num_tokens: int = 4  # identity tokens the projector makes from one embedding
+    embed_dim: int = 512  # the encoder's embedding size (ArcFace 512; the SynthFaces CNN 128)
+    # where the tokens enter the transformer: "condition" (beside the mask tokens, with LoRA and the
+    # condition stream's timestep-0 modulation) or "text" (after the T5 tokens, read by the frozen
+    # text weights); both at a RoPE position apart from the image grid and the text
+    entry: str = "condition"
 
 
 @dataclass
@@ -534,6 +539,10 @@ def _check_identity(ident: IdentityConfig) -> None:
         raise ConfigError("config key 'model.identity.weights' must be a path, or null for the encoder's default place")
     if not 1 <= ident.num_tokens <= MAX_IDENTITY_TOKENS:
         raise ConfigError(f"config key 'model.identity.num_tokens' must be in 1..{MAX_IDENTITY_TOKENS}, got {ident.num_tokens}")
+    if not 1 <= ident.embed_dim <= 65536:
+        raise ConfigError(f"config key 'model.identity.embed_dim' must be the encoder's embedding size (e.g. 512), "
+                          f"got {ident.embed_dim}")
+    _choice("model.identity.entry", ident.entry, ("condition", "text"))
 
 
 def to_dict(cfg: Config) -> dict:

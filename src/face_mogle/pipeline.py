@@ -438,6 +438,7 @@ class FaceMoGLEPipeline:
         return_gates: bool = False,
         gate_step: Optional[int] = None,
         on_step: Optional[Callable[[int, int], None]] = None,
+        identities: Any = None,
     ) -> SampleOutput:
         """Generate one image per (prompt, mask, seed).
 
@@ -448,6 +449,8 @@ class FaceMoGLEPipeline:
         image, or an int s meaning s, s+1, ... Settings left None come from the run's config
         (`sample.*`). `gate_step` picks one step's gate weights instead of their mean over steps.
         `on_step(done, total)` is called after every denoising step (done counts over all batches).
+        identities: who each face is (runs with `model.identity`): a reference face (path, PIL image,
+        uint8 array) or its embedding (a 1-D tensor), or None; one, or one per image.
         """
         cfg = self.cfg.sample
         steps, guidance, condition_scale, size, cfg_scale, text_cfg_scale = self.settings(
@@ -480,6 +483,7 @@ class FaceMoGLEPipeline:
             raise SamplingError(f"seeds must be in 0..2**63-1, got {bad}")
         labels = [self.load_mask(m, size) for m in masks]  # validate every mask before any work
         stored = [self.stored_map(m, size) for m in masks]
+        idents = self.identity_embeddings(identities, n)
 
         # Text encoders run once per distinct prompt of the call; an embedding is dropped after the
         # last batch that needs it, so memory stays bounded on long lists.
@@ -522,7 +526,7 @@ class FaceMoGLEPipeline:
 
             batch_images, batch_gates = self._generate_batch(
                 t5, pooled, labels[sl], seeds[sl], steps, guidance, condition_scale, size, (cfg_scale, text_cfg_scale),
-                return_gates, gate_step, step_done, empty_text, stored[sl],
+                return_gates, gate_step, step_done, empty_text, stored[sl], idents[sl],
             )
             images += batch_images
             if return_gates and batch_gates is not None:
@@ -534,11 +538,56 @@ class FaceMoGLEPipeline:
             text_cfg_scale=text_cfg_scale, size=size, seeds=seeds, gate_timestep_scale=self.cfg.model.gate_timestep_scale, mask_latent=cfg.mask_latent,
             quantize=self.backbone.quantize, offload=self.offload, text_only=cfg.text_only,
             max_sequence_length=cfg.max_sequence_length,
-            modes=[mode_name(p, lab is not None) for p, lab in zip(prompts, labels)],
+            modes=[mode_name(p, lab is not None) + ("+identity" if e is not None else "")
+                   for p, lab, e in zip(prompts, labels, idents)],
         )
         has_gates = return_gates and len(gates) == n
         return SampleOutput(images, [g.numpy() for g in gates] if has_gates else None,
                             maps if has_gates else None, settings)
+
+    def identity_embeddings(self, identities: Any, n: int) -> list[Optional[torch.Tensor]]:
+        """One embedding [D] (or None) per image, from reference faces (through the run's identity
+        encoder) or given embeddings; every problem is an IdentityError line, before any sampling."""
+        from .identity.errors import IdentityError
+
+        if identities is None:
+            return [None] * n
+        items = list(identities) if isinstance(identities, (list, tuple)) else [identities]
+        if len(items) == 1:
+            items = items * n
+        if len(items) != n:
+            raise SamplingError(f"got {len(items)} identities for {n} images: give one, or one per image")
+        if all(x is None for x in items):
+            return items
+        ident = self.cfg.model.identity
+        if self.model.identity is None:
+            raise IdentityError("this run was trained without identity (model.identity.encoder is null): it takes no "
+                                "--identity; use a run trained with an identity stage")
+        faces = [i for i, x in enumerate(items) if x is not None and not isinstance(x, torch.Tensor)]
+        out = [x.detach().float().cpu() if isinstance(x, torch.Tensor) else None for x in items]
+        if faces:
+            embeds = self.identity_encoder().embed([items[i] for i in faces])
+            for i, e in zip(faces, embeds):
+                out[i] = e.float().cpu()
+        for e in out:
+            if e is not None and tuple(e.shape) != (ident.embed_dim,):
+                raise IdentityError(f"an identity embedding must have {ident.embed_dim} values (model.identity.embed_dim "
+                                    f"of this run, its {ident.encoder} encoder), got shape {list(e.shape)}")
+        return out
+
+    def identity_encoder(self):
+        """The run's identity encoder (model.identity), loaded on first use; relative weights are looked
+        up from the current directory, then from the project root the run folder sits in."""
+        if getattr(self, "_identity_encoder", None) is None:
+            from .identity import load_identity_encoder
+
+            ident = self.cfg.model.identity
+            weights = ident.weights
+            if weights is not None and self.run_dir is not None:
+                weights = resolve_pretrained(weights, Path(self.run_dir))
+            self._identity_encoder = load_identity_encoder(ident.encoder, weights, parser=self.cfg.data.parser
+                                                           if ident.encoder == "synthfaces" else None)
+        return self._identity_encoder
 
     def unread_words(self, prompt: str) -> list[str]:
         """Words of `prompt` this run's T5 does not read (unknown to its tokenizer, or cut): see
@@ -553,7 +602,8 @@ class FaceMoGLEPipeline:
 
     def conditions(self, t5, pooled, labels, generators, size, guidance, condition_scale,
                    cfg_scale: float = 1.0, text_cfg_scale: Optional[float] = None, empty_text=None,
-                   stored: Optional[list] = None, base: bool = False) -> "Conditions":
+                   stored: Optional[list] = None, base: bool = False,
+                   identity: Optional[torch.Tensor] = None) -> "Conditions":
         """Everything the transformer reads besides the latents and t, for a batch (on the device);
         with guidance also the batches it is guided away from: the unconditional one (empty prompt, no
         mask) and, where the prompt has its own weight (`text_cfg_scale` ≠ `cfg_scale`) and the batch
@@ -561,7 +611,9 @@ class FaceMoGLEPipeline:
         `empty_text`: the empty prompt's (T5, pooled) encoding, if already made (else it is encoded here);
         `stored`: the masks' `stored_map`s (see encode_masks);
         base: a batch without masks sampled by the base DiT alone, its unconditional pass too (one
-        model per image: guidance mixing two models' velocities would amplify their difference)."""
+        model per image: guidance mixing two models' velocities would amplify their difference);
+        identity: the batch's identity embeddings [B, D], kept in every pass (guidance steers the mask
+        and the prompt, not who the face is)."""
         device, dtype = self.device, self.dtype
         if base and any(lab is not None for lab in labels):
             raise SamplingError("the base DiT samples images without a mask only")
@@ -573,7 +625,7 @@ class FaceMoGLEPipeline:
         cond = Conditions(mask_latents, t5.to(device, dtype), pooled.to(device, dtype),
                           text_ids(t5.shape[1], device=device, dtype=dtype),
                           image_ids(size, self.token_pixels, device=device, dtype=dtype), guidance_t, condition_scale,
-                          base=base)
+                          base=base, identity=None if identity is None else identity.to(device))
         text_w = cfg_scale if text_cfg_scale is None else text_cfg_scale
         # Without any mask the mask-only prediction is the unconditional one: the prompt's weight is all.
         mask_w = cfg_scale if any(lab is not None for lab in labels) else text_w
@@ -586,7 +638,8 @@ class FaceMoGLEPipeline:
         uncond = mask_only = None
         if mask_w != 1:
             empty = None if base else self.encode_masks([None] * b, size, list(generators)).to(mogle_dtype)
-            uncond = Conditions(empty, e5, ep, e_ids, cond.img_ids, guidance_t, condition_scale, base=base)
+            uncond = Conditions(empty, e5, ep, e_ids, cond.img_ids, guidance_t, condition_scale, base=base,
+                                identity=cond.identity)
         if text_w != mask_w:
             mask_only = replace(cond, t5=e5, pooled=ep, txt_ids=e_ids)
         return replace(cond, cfg_scale=mask_w, text_cfg_scale=text_w, uncond=uncond, mask_only=mask_only)
@@ -603,7 +656,7 @@ class FaceMoGLEPipeline:
             return self.model(
                 latents.to(self.dtype), t, c.mask_latents, c.t5, c.pooled, c.txt_ids, c.img_ids,
                 guidance=c.guidance, condition_scale=c.condition_scale,
-                gate_timestep=t * self.cfg.model.gate_timestep_scale,
+                gate_timestep=t * self.cfg.model.gate_timestep_scale, identity=c.identity,
             )
 
         if cond.uncond is None and cond.mask_only is None:
@@ -627,23 +680,27 @@ class FaceMoGLEPipeline:
 
     @torch.inference_mode()
     def _generate_batch(self, t5, pooled, labels, seeds, steps, guidance, condition_scale, size, cfg_scales,
-                        return_gates, gate_step, step_done, empty_text=None, stored=None):
+                        return_gates, gate_step, step_done, empty_text=None, stored=None, identities=None):
         device = self.device
         noise, generators = zip(*(self.initial_noise(s, size) for s in seeds))
         latents = torch.cat(noise).to(device)  # float32; cast to the model dtype per step
-        # sample.text_only "base": images without a mask go to the base DiT, the others to Face-MoGLE;
-        # each part of the batch is conditioned and guided by its own model.
-        use_base = [self.cfg.sample.text_only == "base" and lab is None for lab in labels]
+        # sample.text_only "base": images without a mask (nor identity) go to the base DiT, the others to
+        # Face-MoGLE; images with and without an identity run apart (a token count is per batch). Each
+        # part of the batch is conditioned and guided by its own model.
+        identities = identities or [None] * len(labels)
+        kind = [(self.cfg.sample.text_only == "base" and lab is None and e is None, e is not None)
+                for lab, e in zip(labels, identities)]
         parts = []
         with self.placed("vae"):
-            for flag in sorted(set(use_base)):
-                rows = [i for i, b in enumerate(use_base) if b == flag]
+            for key in sorted(set(kind)):
+                rows = [i for i, k in enumerate(kind) if k == key]
                 parts.append((rows, self.conditions(
                     t5[rows], pooled[rows], [labels[i] for i in rows], [generators[i] for i in rows], size, guidance,
                     condition_scale, *cfg_scales, empty_text=empty_text,
-                    stored=None if stored is None else [stored[i] for i in rows], base=flag)))
+                    stored=None if stored is None else [stored[i] for i in rows], base=key[0],
+                    identity=torch.stack([identities[i] for i in rows]) if key[1] else None)))
         timesteps, sigmas = self.timesteps(steps, latents.shape[1])
-        return_gates = return_gates and not any(use_base)  # the base DiT has no gate
+        return_gates = return_gates and len(parts) == 1 and not parts[0][1].base  # the base DiT has no gate
         with self.placed("transformer"):
             latents, gate_sum = self._denoise(latents, timesteps, sigmas, parts, return_gates, gate_step, step_done)
         with self.placed("vae"):
@@ -689,6 +746,7 @@ class Conditions:
     uncond: Optional["Conditions"] = None  # the unconditional batch of classifier-free guidance
     mask_only: Optional["Conditions"] = None  # the mask without the prompt (a separate prompt weight)
     base: bool = False  # sampled by the base DiT alone (no mask latents, LoRA off)
+    identity: Optional[torch.Tensor] = None  # [B, D] identity embeddings (runs with model.identity)
 
 
 __all__ = [

@@ -315,11 +315,14 @@ def three_stream_forward(
     condition_tokens: Optional[torch.Tensor] = None,
     condition_ids: Optional[torch.Tensor] = None,
     options: StreamOptions = StreamOptions(),
+    identity=None,
 ) -> torch.Tensor:
     """Velocity prediction for the image tokens, [B, N_img, C].
 
     `timestep` is in [0, 1] (as diffusers' FluxPipeline passes it); condition tokens are packed
     VAE latents like the image tokens, and `condition_ids` default to `img_ids` (spatial alignment).
+    `identity` (models.identity_tokens.IdentityTokens): tokens already in the model's width, appended
+    to the condition or the text stream with their own RoPE ids.
     """
     tr = transformer
     lat = options.latent_lora
@@ -327,14 +330,21 @@ def three_stream_forward(
     dtype = img.dtype
     temb = _time_embedding(tr, timestep, guidance, pooled_projections, dtype)
     txt = tr.context_embedder(encoder_hidden_states)
+    if identity is not None and identity.stream == "text":
+        txt = torch.cat([txt, identity.tokens.to(dtype)], dim=1)
+        txt_ids = torch.cat([txt_ids, identity.ids.to(txt_ids)], dim=0)
 
     cond = cond_temb = None
     ids = [txt_ids, img_ids]
     if condition_tokens is not None:
         cond = _linear(tr.x_embedder, condition_tokens, True)
+        ids.append(img_ids if condition_ids is None else condition_ids)
+    if identity is not None and identity.stream == "condition":
+        cond = identity.tokens.to(dtype) if cond is None else torch.cat([cond, identity.tokens.to(dtype)], dim=1)
+        ids.append(identity.ids.to(img_ids))
+    if cond is not None:
         # Condition tokens are clean: their modulation comes from timestep 0.
         cond_temb = _time_embedding(tr, torch.zeros_like(timestep), guidance, pooled_projections, dtype)
-        ids.append(img_ids if condition_ids is None else condition_ids)
     rope = tr.pos_embed(torch.cat(ids, dim=0))
     n_cond = 0 if cond is None else cond.shape[1]
     mask = _cond_attention_mask(txt.shape[1] + img.shape[1], n_cond, options, img.device, dtype)

@@ -164,6 +164,8 @@ class DataConfig:
     drop_image_prob: float = 0.1  # each local map on its own (official); the global map stays
     # the whole mask, global map included: trains text-only mode (0 in the official recipe)
     drop_mask_prob: float = 0.0
+    # training with model.identity: samples that drop their reference identity (identity is optional)
+    drop_identity_prob: float = 0.2
     # Splits: "START-END" id ranges (inclusive) or a path (relative to root) of an id-list file.
     train_split: str = "0-26999"
     test_split: str = "27000-29999"
@@ -476,7 +478,7 @@ def validate(cfg: Config) -> None:
                           f"got loc={ts.loc}, scale={ts.scale}")
     if cfg.model.num_experts < 2:
         raise ConfigError(f"config key 'model.num_experts' must be >= 2, got {cfg.model.num_experts}")
-    for key in ("data.drop_text_prob", "data.drop_image_prob", "data.drop_mask_prob"):
+    for key in ("data.drop_text_prob", "data.drop_image_prob", "data.drop_mask_prob", "data.drop_identity_prob"):
         section, name = key.split(".")
         p = getattr(getattr(cfg, section), name)
         if not 0.0 <= p <= 1.0:

@@ -336,6 +336,14 @@ class Trainer:
         self.split = split_digest(self.dataset.ids)
         if self.resume_from is not None:
             check_resume_split(state, self.split)
+        self.identity_pairs = None
+        if not base_mode and cfg.model.identity.encoder is not None:
+            from .identity_pairs import IdentityPairs
+
+            try:
+                self.identity_pairs = IdentityPairs.build(cfg, self.dataset.ids, progress=acc.is_main_process)
+            except ValueError as err:  # IdentityError and IdentityFileError among them
+                raise TrainingError(" ".join(str(err).split())) from None
         sampler = StepBatches(len(self.dataset), cfg.train.batch_size, cfg.seed, acc.process_index,
                               acc.num_processes, start=self.start_step * cfg.train.grad_accum)
         from ..data.dataset import collate
@@ -415,10 +423,14 @@ class Trainer:
         x_t, target = noisy_and_target(x0, t, noise)
         guidance = torch.ones(b, device=acc.device) if self.backbone.transformer.config.guidance_embeds else None
         dtype = DTYPES[self.cfg.dtype] if self.cfg.train.mode == "mogle" else torch.float32
+        extra = {}
+        if self.identity_pairs is not None:  # another image of the same person, or none (dropout)
+            ident, keep = self.identity_pairs.batch(batch["id"], step, micro, acc.process_index)
+            extra = dict(identity=ident.to(acc.device), identity_keep=keep.to(acc.device))
         with acc.autocast():
             pred = self.model(
                 x_t.to(dtype), t, inp.get("mask_latents"), inp["prompt_embeds"], inp["pooled_embeds"],
-                self.txt_ids, self.img_ids, guidance,
+                self.txt_ids, self.img_ids, guidance, **extra,
             )
         if self.token_weights is not None:
             weights = torch.stack([self.token_weights[int(i)] for i in batch["id"]])

@@ -72,6 +72,21 @@ def test_an_identity_stage_trains_the_projector_and_the_run_samples_from_a_face(
     assert out.settings["modes"] == ["text-only+identity", "text-only"]
     assert not np.array_equal(np.asarray(out.images[0]), np.asarray(out.images[1]))
 
+    # a later stage starts from this run's LoRA and MoGLE (train.init_from), with a fresh projector
+    from face_mogle.models.transformer import lora_state_dict
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    again = Trainer(load_config(ROOT / "configs" / "tiny.yaml", base + ["name=id3", f"train.init_from={run}"]))
+    m2 = again.acc.unwrap_model(again.model)
+    want = lora_state_dict(pipe.model.transformer)
+    assert all(torch.equal(v, want[k]) for k, v in lora_state_dict(m2.transformer).items())
+    assert all(torch.equal(a, b) for a, b in zip(m2.mogle.state_dict().values(), pipe.model.mogle.state_dict().values()))
+    assert not torch.equal(m2.identity.norm.weight, pipe.model.identity.norm.weight) or not torch.equal(
+        m2.identity.proj[0].weight, pipe.model.identity.proj[0].weight)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(TrainingError, match="train.init_from .*missing"):
+        Trainer(load_config(ROOT / "configs" / "tiny.yaml", base + ["name=id4", f"train.init_from={tmp_path}"]))
+
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(TrainingError, match=f"embed_dim is 512, but the synthfaces encoder .* makes {ENC.dim}-d"):
         Trainer(load_config(ROOT / "configs" / "tiny.yaml", base + ["model.identity.embed_dim=512", "name=id2"]))

@@ -206,6 +206,9 @@ class TimestepSampling:
 @dataclass
 class TrainConfig:
     mode: str = "mogle"  # "mogle": LoRA + MoGLE on a frozen base; "base": full text-to-image
+    # a finished run folder whose LoRA and MoGLE weights this run starts from (mode mogle; e.g. an
+    # identity stage on top of a Face-MoGLE run: its identity projector starts fresh); null: from scratch
+    init_from: Optional[str] = None
     batch_size: int = 4
     grad_accum: int = 1
     max_steps: int = 100000
@@ -452,6 +455,9 @@ def validate(cfg: Config) -> None:
     _choice("model.global_map", cfg.model.global_map, ("palette", "gray", "stored"))
     _choice("model.experts", cfg.model.experts, ("all", "global", "local"))
     _choice("train.mode", cfg.train.mode, ("mogle", "base"))
+    if cfg.train.init_from is not None and (cfg.train.mode != "mogle" or not str(cfg.train.init_from).strip()):
+        raise ConfigError(f"config key 'train.init_from' names a Face-MoGLE run folder to start LoRA and MoGLE from "
+                          f"(train.mode mogle), got {shown(cfg.train.init_from)} with train.mode {cfg.train.mode}")
     _choice("train.loss_weighting", cfg.train.loss_weighting, ("none", "regions"))
     _choice("train.mixed_precision", cfg.train.mixed_precision, ("no", "fp16", "bf16"))
     _choice("train.optimizer.type", cfg.train.optimizer.type, ("prodigy", "adamw", "adamw8bit"))

@@ -132,15 +132,16 @@ class FaceMoGLE(nn.Module):
             atomic_save_safetensors({k: v.detach().contiguous() for k, v in self.identity.state_dict().items()},
                                     folder / IDENTITY_FILE, metadata={"format": "pt"})
 
-    def load_weights(self, folder: str | os.PathLike) -> None:
-        """Load `pytorch_lora_weights.safetensors` + `mogle.safetensors` (or the official `mogle.pt`)."""
+    def load_weights(self, folder: str | os.PathLike, with_identity: bool = True) -> None:
+        """Load `pytorch_lora_weights.safetensors` + `mogle.safetensors` (or the official `mogle.pt`),
+        and the identity projector where the model has one (unless `with_identity` is False)."""
         folder = Path(folder)
         load_lora(self.transformer, folder / LORA_FILE)
         mogle = folder / MOGLE_FILE
         if not mogle.is_file() and (folder / OFFICIAL_MOGLE_FILE).is_file():
             mogle = folder / OFFICIAL_MOGLE_FILE
         self.mogle.load(mogle)
-        if self.identity is not None:
+        if self.identity is not None and with_identity:
             self._load_identity(folder / IDENTITY_FILE)
 
     def _load_identity(self, path: Path) -> None:

@@ -110,6 +110,16 @@ def check_resume_config(saved: Config, current: Config, source: str = "the run's
         )
 
 
+def _init_from(model, run: Path) -> None:
+    """LoRA + MoGLE from a finished run (train.init_from); an identity projector, if any, starts fresh."""
+    from ..pipeline import SamplingError, check_run_dir
+
+    try:
+        model.load_weights(check_run_dir(run), with_identity=False)
+    except (SamplingError, FileNotFoundError, ValueError, RuntimeError) as err:
+        raise TrainingError(f"train.init_from {run}: {' '.join(str(err).split())}") from None
+
+
 def _full_cache(cfg) -> bool:
     """`data.cache_dir` holds latents and text embeddings (a missing or broken cache is reported
     later, by open_cache, with the command that builds it)."""
@@ -315,6 +325,8 @@ class Trainer:
             tr.requires_grad_(True)
         else:
             model = FaceMoGLE(tr, cfg.model)
+            if cfg.train.init_from is not None and self.resume_from is None:
+                _init_from(model, Path(cfg.train.init_from))
             model.to(acc.device)
             model.freeze_base()
         for p in model.parameters():  # trainable weights stay float32 (mixed precision casts compute)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the shipped tiny Face-MoGLE (checkpoints/face-mogle-tiny/) with the project's own scripts:
 #   SynthFaces → (1) a small 16-channel VAE → (1b) text encoders pre-trained to bind words to
-#   attributes → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE).
+#   attributes → (2) a base text-to-image DiT → (3) Face-MoGLE (LoRA + MoGLE) → (3b) an identity
+#   encoder on SynthFaces identities → (4) Face-MoGLE with identity tokens, from stage 3's weights.
 # Runs on a CPU (about 2 hours on 2 quiet cores) or a GPU. Extra arguments go to every train.py call.
 # Each stage writes its own folder under checkpoints/tiny-stages/; re-running skips finished stages
 # and resumes the DiT stages from their latest checkpoint.
@@ -9,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGES=checkpoints/tiny-stages
 DATA=data/synthfaces-128
+ID_DATA=data/synthfaces-id-128  # 1,000 people x 5 renders with expressions (the last 200 held out)
 
 if [[ ! -f "$DATA/text.json" ]]; then
     python script/make_synthfaces.py --out "$DATA" --num 5000 --size 128 --seed 0
@@ -50,15 +52,33 @@ MOGLE_RUN="$STAGES/runs/face-mogle-tiny"
 resume_args "$MOGLE_RUN"
 python train.py --config configs/tiny-demo.yaml "${RESUME[@]}" "$@"
 
-# ship: run folder + its backbone, with the config pointing at the shipped backbone
+# (3b) the SynthFaces identity encoder: contrastive over the identities of ID_DATA's training split
+if [[ ! -f "$ID_DATA/text.json" ]]; then
+    python script/make_synthfaces.py --out "$ID_DATA" --identities 1000 --per_identity 5 --size 128 \
+        --expressions --test_fraction 0.2 --seed 0
+fi
+if [[ ! -f "$STAGES/identity-encoder/encoder.json" ]]; then
+    python -m face_mogle.identity.train_encoder --root "$ID_DATA" --out "$STAGES/identity-encoder" --steps 2000
+fi
+
+# (4) identity: Face-MoGLE goes on from stage 3 with identity tokens, on pairs of renders of one person
+python -m face_mogle.data.cache --config configs/tiny-demo-identity.yaml --split train
+ID_RUN="$STAGES/runs/face-mogle-tiny-identity"
+resume_args "$ID_RUN"
+python train.py --config configs/tiny-demo-identity.yaml "${RESUME[@]}" "$@"
+
+# ship: run folder + its backbone and identity encoder, with the config pointing at the shipped copies
 OUT=checkpoints/face-mogle-tiny
 rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
-cp "$MOGLE_RUN/pytorch_lora_weights.safetensors" "$MOGLE_RUN/mogle.safetensors" "$OUT.tmp/"
+cp "$ID_RUN/pytorch_lora_weights.safetensors" "$ID_RUN/mogle.safetensors" "$ID_RUN/identity.safetensors" "$OUT.tmp/"
 cp -r "$STAGES/backbone-base" "$OUT.tmp/backbone"
-python - "$MOGLE_RUN/config.yaml" "$OUT.tmp/config.yaml" <<'PY'
+cp -r "$STAGES/identity-encoder" "$OUT.tmp/identity-encoder"
+python - "$ID_RUN/config.yaml" "$OUT.tmp/config.yaml" <<'PY'
 import sys
 from face_mogle.config import load_config, save_config
-cfg = load_config(sys.argv[1], ["pretrained=checkpoints/face-mogle-tiny/backbone", "data.cache_dir=null"])
+cfg = load_config(sys.argv[1], ["pretrained=checkpoints/face-mogle-tiny/backbone", "data.cache_dir=null",
+                                "model.identity.weights=checkpoints/face-mogle-tiny/identity-encoder",
+                                "train.init_from=null"])
 save_config(cfg, sys.argv[2])
 PY
 # the model card and the CI floors are written from the benchmark (bench/controllability.py): keep them

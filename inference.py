@@ -134,7 +134,7 @@ def check_inputs(args) -> None:
     if args.image is not None:
         check_edit_inputs(args)
     elif args.prompt is None and args.mask is None and args.identity is None:
-        raise UsageError("give --prompt, --mask, --identity or any of them together (--prompt \"\" alone is unconditional)")
+        raise UsageError("give --prompt, --mask or both, and/or --identity FACE (--prompt \"\" alone is unconditional)")
     if args.identity is not None:
         check_identity(args)
     if args.steps is not None and args.steps < 1:

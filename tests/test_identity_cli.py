@@ -5,7 +5,6 @@ faces (SynthFaces renders) go through parse → align → encode; bad input is o
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

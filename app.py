@@ -1,6 +1,7 @@
 """Face-MoGLE web demo (gradio), two tabs:
 
-  Generate  a face mask + a prompt → a face, and the MoGLE expert map;
+  Generate  a face mask + a prompt → a face, and the MoGLE expert map; with a run trained with
+            identity, also an optional reference face: the face generated is that person;
   Edit      a real face + its mask → the face with its mask painted over (or its description
             rewritten): only what changed is regenerated (face_mogle.editing, as inference.py --image).
 
@@ -135,11 +136,44 @@ class Demo:
         image, status = self.preview(mask_file, None)
         return TEXT_ONLY, image, status
 
-    def generate(self, mask_file, example, prompt, seed, steps, guidance, condition_scale, size, progress=None):
-        """(face, expert map, status); errors become a status line and a warning, never a traceback."""
-        import gradio as gr
-        from face_mogle.pipeline import mode_name, one_line, user_errors
+    def has_identity(self) -> bool:
+        """Does the loaded run take a reference face (trained with model.identity)?"""
+        return self.pipe.cfg.model.identity.encoder is not None
 
+    def identity_note(self) -> str:
+        if self.has_identity():
+            return ("**Identity (optional):** upload a reference face (one front-facing face); the face generated "
+                    f"is that person, read by this run's {self.pipe.cfg.model.identity.encoder} identity encoder. "
+                    "Clear it to generate anyone.")
+        return ("**Identity:** this run was trained without identity (model.identity.encoder is null), so it takes "
+                "no reference face; a run trained with an identity stage shows a reference-face upload here.")
+
+    def identity_preview(self, identity_file):
+        """(the reference face, status) for an uploaded reference: read and its face found now, so a
+        picture without a face is reported on upload, not at Generate."""
+        import gradio as gr
+        from face_mogle.pipeline import one_line, user_errors
+
+        path = upload_path(identity_file)
+        if not path or not self.has_identity():
+            return None, "No reference face: the face generated is anyone the prompt and mask allow."
+        try:
+            encoder = self.pipe.identity_encoder()
+            image, _ = encoder.read(path)
+            encoder.crops([path])  # finds the face (IdentityError naming the file: "no face found")
+        except user_errors() as err:
+            gr.Warning(one_line(err))
+            return None, f"**Reference face not usable:** {one_line(err).replace(str(path), Path(path).name)}"
+        return image, f"Reference face {Path(path).name}: {image.width}x{image.height}, a face found."
+
+    def generate(self, mask_file, example, prompt, seed, steps, guidance, condition_scale, size, progress=None,
+                 identity_file=None):
+        """(face, expert map, status); errors become a status line and a warning, never a traceback.
+        identity_file: a reference face (runs trained with identity), or None."""
+        import gradio as gr
+        from face_mogle.pipeline import one_line, user_errors
+
+        reference = upload_path(identity_file) or None
         try:
             labels, shown = self._labels(mask_file, example)
             seed, steps, size = int(seed), int(steps), int(size)
@@ -149,10 +183,12 @@ class Demo:
             # the file itself, not its labels: `model.global_map: stored` renders it as stored
             out = self.pipe(prompt or "", self._mask_path(mask_file, example), seeds=[seed], steps=steps, guidance=float(guidance),
                             condition_scale=float(condition_scale), size=size, batch_size=1,
-                            return_gates=True, on_step=callback)
+                            return_gates=True, on_step=callback,
+                            identities=None if reference is None else [reference])
         except user_errors() as err:
             gr.Warning(one_line(err))
-            return None, None, f"**Error:** {one_line(err)}"
+            message = one_line(err) if reference is None else one_line(err).replace(str(reference), Path(reference).name)
+            return None, None, f"**Error:** {message}"
         except (TypeError, ValueError, OverflowError) as err:  # e.g. an empty number box
             gr.Warning(f"invalid setting: {one_line(err)}")
             return None, None, f"**Error:** invalid setting: {one_line(err)}"
@@ -161,8 +197,10 @@ class Demo:
             return None, None, f"**Error:** internal error ({type(err).__name__}: {one_line(err)}); see the server log"
         s = out.settings
         gates = out.expert_maps[0] if out.expert_maps else None
-        mode = mode_name(prompt or "", labels is not None)
+        mode = s["modes"][0]  # mask+text, text-only, ... with "+identity" for a reference face
         what = f", mask {shown}" if shown else ""
+        if reference is not None:
+            what += f", reference face {Path(reference).name}"
         cfg = f"cfg scale {s['cfg_scale']}"
         if s["text_cfg_scale"] != s["cfg_scale"]:
             cfg += f" (prompt {s['text_cfg_scale']})"
@@ -512,6 +550,14 @@ def build_demo(pipe, examples=None, title: str = "Face-MoGLE", edit_example="def
                         mask_view = gr.Image(label="Mask (palette colours)", type="numpy", interactive=False,
                                              format="png", elem_id="mask_view")
                         prompt = gr.Textbox(label="Prompt", value=examples[first][1] if first else "", lines=3, elem_id="prompt")
+                        # a file read by our own reader (size-bounded, named in errors), as the Edit tab's face;
+                        # hidden for a run without identity, whose note says why
+                        with_identity = demo_state.has_identity()
+                        gr.Markdown(demo_state.identity_note(), elem_id="identity_note")
+                        identity_file = gr.File(label="Identity: a reference face (optional)", file_types=["image"],
+                                                type="filepath", visible=with_identity, elem_id="identity_upload")
+                        identity_view = gr.Image(label="Reference face", type="pil", format="png", interactive=False,
+                                                 visible=with_identity, height=160, elem_id="identity_view")
                         with gr.Row():
                             seed = gr.Number(label="Seed", value=42, precision=0, elem_id="seed")
                             size = gr.Number(label=f"Size (multiple of {pipe.token_pixels})", value=cfg.size,
@@ -528,13 +574,17 @@ def build_demo(pipe, examples=None, title: str = "Face-MoGLE", edit_example="def
             with gr.Tab("Edit", elem_id="tab_edit"):
                 edit_tab(pipe, edit_example, weights_dir)
 
-        def on_generate(mask_file, example, prompt, seed, steps, guidance, cond_scale, size, progress=gr.Progress()):
-            return demo_state.generate(mask_file, example, prompt, seed, steps, guidance, cond_scale, size, progress)
+        def on_generate(mask_file, example, prompt, seed, steps, guidance, cond_scale, size, identity_file,
+                        progress=gr.Progress()):
+            return demo_state.generate(mask_file, example, prompt, seed, steps, guidance, cond_scale, size, progress,
+                                       identity_file)
 
         example.input(demo_state.pick_example, [example], [mask_file, mask_view, status, prompt])
         mask_file.upload(demo_state.upload, [mask_file], [example, mask_view, status])
         mask_file.clear(demo_state.preview, [mask_file, example], [mask_view, status])
-        run.click(on_generate, [mask_file, example, prompt, seed, steps, guidance, cond_scale, size],
+        identity_file.upload(demo_state.identity_preview, [identity_file], [identity_view, status])
+        identity_file.clear(demo_state.identity_preview, [identity_file], [identity_view, status])
+        run.click(on_generate, [mask_file, example, prompt, seed, steps, guidance, cond_scale, size, identity_file],
                   [result, gates, status])
         demo.load(demo_state.preview, [mask_file, example], [mask_view, status])
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)  # one worker; a full queue says so

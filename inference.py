@@ -5,6 +5,8 @@
     python inference.py          # the shipped tiny model on the shipped example
     python inference.py --image face.png --source_mask mask.png --mask edited_mask.png --prompt TEXT
                                  # edit a real face: regenerate what the edited mask / prompt changes
+    python inference.py --run runs/face-mogle-id --identity person.png --prompt "She has red hair."
+                                 # that person (a run trained with identity), as the prompt / mask say
 
 Writes the image (atomically), OUTPUT.json with every setting used, and with --gates
 OUTPUT_gates.png: per image token the expert the MoGLE gate weighted most (grey = global expert,
@@ -70,6 +72,10 @@ def parse_args(argv):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key, e.g. model.gate_timestep_scale=1000 (the official sampler's gate input) or sample.mask_latent=sample (repeatable)")
     p.add_argument("--gates", action="store_true", help="also write OUTPUT_gates.png, the MoGLE expert map")
+    p.add_argument("--identity", default=None, metavar="FACE",
+                   help="a reference face (image file): generate that person, with or without --mask / --prompt. Only "
+                        "runs trained with identity (model.identity.encoder set) take it; the face goes through the "
+                        "run's identity encoder (parse, align, encode), and must show one front-facing face")
     e = p.add_argument_group("editing a real face (with --image)")
     e.add_argument("--image", default=None, metavar="FACE", help="edit this face (square image) instead of generating from noise: "
                    "--mask is the edited mask, --prompt the new description")
@@ -127,8 +133,10 @@ def check_inputs(args) -> None:
     args.max_input_pixels = run_config(args).sample.max_input_pixels
     if args.image is not None:
         check_edit_inputs(args)
-    elif args.prompt is None and args.mask is None:
-        raise UsageError("give --prompt, --mask or both (--prompt \"\" with no mask is unconditional)")
+    elif args.prompt is None and args.mask is None and args.identity is None:
+        raise UsageError("give --prompt, --mask or both, and/or --identity FACE (--prompt \"\" alone is unconditional)")
+    if args.identity is not None:
+        check_identity(args)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     if args.size is not None and args.size <= 0:
@@ -185,7 +193,7 @@ def output_paths(args) -> dict[str, Path]:
 def input_paths(args) -> dict[str, list]:
     run = Path(args.run)
     return {"--mask": [args.mask], "--image": [args.image], "--source_mask": [args.source_mask],
-            "--preset": [args.preset], "--run": [run / name for name in (*RUN_FILES, "mogle.safetensors", "mogle.pt")]}
+            "--identity": [args.identity], "--preset": [args.preset], "--run": [run / name for name in (*RUN_FILES, "mogle.safetensors", "mogle.pt")]}
 
 
 def run_config(args):
@@ -194,6 +202,24 @@ def run_config(args):
     from face_mogle.config import load_config
 
     return load_config(Path(args.run) / "config.yaml", args.overrides)
+
+
+def check_identity(args) -> None:
+    """--identity: a readable image, and a run that takes one (both known before the model loads)."""
+    from face_mogle.image_files import ImageFileError, open_header
+
+    if args.image is not None:
+        raise UsageError("--identity conditions a generation; it does not apply to an edit (--image), which keeps "
+                         "the face's own identity")
+    encoder = run_config(args).model.identity.encoder
+    if encoder is None:
+        raise UsageError(f"--identity {args.identity}: run {args.run} was trained without identity "
+                         "(model.identity.encoder is null): use a run trained with an identity stage, or leave --identity out")
+    try:
+        with open_header(args.identity, args.max_input_pixels, "image"):  # size-checked, not decoded
+            pass
+    except ImageFileError as err:
+        raise UsageError(f"--identity {err}") from None
 
 
 def check_edit_inputs(args) -> None:
@@ -282,7 +308,7 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
     record = dict(
         run=str(args.run), run_resolved=str(Path(args.run).resolve()), backbone=pipe.backbone.source,
         prompt=args.prompt or "", unread_words=list(unread),
-        mask=None if args.mask is None else str(args.mask), seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
+        mask=None if args.mask is None else str(args.mask), **identity_record(args, pipe), seed=args.seed, steps=s["steps"], guidance=s["guidance"], size=s["size"],
         condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"],
         gate_timestep_scale=s["gate_timestep_scale"],
         mask_latent=s["mask_latent"], max_sequence_length=s["max_sequence_length"], mode=s["modes"][0],
@@ -297,6 +323,16 @@ def write_outputs(args, pipe, result, seconds: float, load_seconds: float, parse
     text = json.dumps(record, indent=1) + "\n"
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(text))
     return written + [sidecar]
+
+
+def identity_record(args, pipe) -> dict:
+    """The reference face and the encoder that read it (None without --identity)."""
+    if args.identity is None:
+        return dict(identity=None, identity_encoder=None, identity_weights=None)
+    ident = pipe.cfg.model.identity
+    weights = pipe.identity_encoder_weights()
+    return dict(identity=str(args.identity), identity_encoder=ident.encoder,
+                identity_weights=None if weights is None else str(Path(weights).resolve()))
 
 
 def write_edit_outputs(args, pipe, result, seconds, load_seconds, out: Path, written: list, parsed, unread,
@@ -371,7 +407,8 @@ def main(argv=None) -> int:
             parsed = None
             result = pipe(args.prompt or "", args.mask, seeds=[args.seed], steps=args.steps, guidance=args.guidance,
                           condition_scale=args.condition_scale, cfg_scale=args.cfg_scale,
-                          text_cfg_scale=args.text_cfg_scale, size=args.size, batch_size=1, return_gates=args.gates)
+                          text_cfg_scale=args.text_cfg_scale, size=args.size, batch_size=1, return_gates=args.gates,
+                          identities=None if args.identity is None else [args.identity])
         seconds = time.perf_counter() - loaded
         written = write_outputs(args, pipe, result, seconds, loaded - start, parsed, unread, source_unread)
     except user_errors() as err:

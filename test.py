@@ -1,10 +1,12 @@
 """Generate a face for every image of a test split with a trained Face-MoGLE run.
 
     python test.py --run runs/face-mogle --root data/mmcelebahq --split test --output_dir outputs/test
+    python test.py --run runs/face-mogle-id --root data/synthfaces-id --identity_root refs/ --output_dir outputs/people
 
 Writes OUT/face/{id}.jpg, OUT/text/{id}.txt (the caption used: the image's first) and
 OUT/manifest.json. Image `id` is seeded from (seed, id): runs resume (existing faces are skipped)
-and shard (`--shard i/n`; automatic by RANK under `torchrun` / `accelerate launch`).
+and shard (`--shard i/n`; automatic by RANK under `torchrun` / `accelerate launch`). With
+--identity_root each id is also the person of its reference face DIR/{id}.png.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def parse_args(argv=None):
     p.add_argument("--root", default=None, help="data root with mask/{id}.png and text.json or text/{id}.txt (default: the run config's data.root)")
     p.add_argument("--split", default="test", help="'test' or 'train' (the config's data.test_split / data.train_split), 'all' (every id with a mask in --root, e.g. the zero-shot MM-FFHQ-Female), or a split itself: 'START-END' or an id-list file relative to --root (default: test)")
     p.add_argument("--output_dir", required=True, help="where face/, text/ and manifest.json go; ids already in face/ are skipped")
+    p.add_argument("--identity_root", default=None, metavar="DIR",
+                   help="generate given people (runs trained with identity only): DIR/{id}.png (or .jpg, .jpeg, .webp) is "
+                        "the reference face of image id; every id generated needs one (the missing ones are listed "
+                        "before any work). Recorded in the manifest: resuming with another DIR is refused")
     p.add_argument("--batch_size", type=int, default=4, help="images per forward pass (default: 4)")
     p.add_argument("--limit", type=int, default=None, help="only the first N ids of the split (applied before sharding)")
     p.add_argument("--seed", type=int, default=None, help="base seed; image id i uses seed * 1000003 + i (default: the config's seed)")
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
             limit=args.limit, seed=pipe.cfg.seed if args.seed is None else args.seed, steps=args.steps,
             guidance=args.guidance, condition_scale=args.condition_scale, cfg_scale=args.cfg_scale,
             text_cfg_scale=args.text_cfg_scale, size=args.size, shard=shard,
-            progress=not args.quiet, overwrite=args.overwrite,
+            progress=not args.quiet, overwrite=args.overwrite, identity_root=args.identity_root,
         )
     except errors as err:
         print(f"test.py: error: {one_line(err)}", file=sys.stderr)

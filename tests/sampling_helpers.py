@@ -50,3 +50,31 @@ def draw_mask(i: int, size: int = 64) -> np.ndarray:
     if i % 4 == 3:
         lab[(np.abs(yy - 0.45) < 0.01) & (np.abs(xx - 0.5) < 0.2)] = 3  # glasses
     return lab
+
+
+ID_DIM = 16  # the identity embedding size of make_identity_run's encoder and run
+
+
+def make_identity_run(folder, seed=0):
+    """A tiny run with identity tokens (condition entry) and its own SynthFaces identity encoder (random
+    CNN weights, ID_DIM-d): the encoder folder sits in FOLDER/encoder, named by model.identity.weights.
+    The SynthFaces parser finds the faces of SynthFaces renders, so a saved render is a reference face."""
+    from face_mogle.identity import EncoderConfig, SynthFacesNet, save_encoder
+
+    folder = Path(folder)
+    cfg = EncoderConfig(crop=32, width=8, blocks=3, dim=ID_DIM)
+    torch.manual_seed(seed)
+    encoder = save_encoder(SynthFacesNet(cfg), cfg, folder / "encoder")
+    return make_run(folder / "run", seed=seed, overrides=[
+        "model.identity.encoder=synthfaces", f"model.identity.weights={encoder.resolve()}",
+        f"model.identity.embed_dim={ID_DIM}", "model.identity.num_tokens=2", "data.parser=synthfaces"])
+
+
+def save_reference_face(path, seed=0, size=96):
+    """A SynthFaces render saved as a PNG: a reference face the SynthFaces parser reads exactly."""
+    from PIL import Image
+
+    from face_mogle.data.synthfaces import render
+
+    Image.fromarray(render(seed, size).image).save(path)
+    return Path(path)

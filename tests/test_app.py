@@ -17,7 +17,7 @@ from PIL import Image
 
 from face_mogle.labels import CLASSES, PALETTE
 from test_cli_sampling import load_script
-from sampling_helpers import draw_mask
+from sampling_helpers import draw_mask, make_identity_run, save_reference_face
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -75,11 +75,70 @@ def test_handlers(demo, tmp_path):
     assert status.startswith("**Error:** invalid setting")
 
 
-def test_build_demo(app, pipe):  # noqa: F811
+def component(page, elem_id):
+    found = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == elem_id]
+    assert len(found) == 1, elem_id
+    return found[0]
+
+
+def test_build_demo(app, pipe, identity_pipe):  # noqa: F811
     import gradio as gr
 
-    assert isinstance(app.build_demo(pipe), gr.Blocks)
+    page = app.build_demo(pipe)
+    assert isinstance(page, gr.Blocks)
     assert isinstance(app.build_demo(pipe, edit_example=None), gr.Blocks)  # no example: no example button
+    # a run without identity: no reference-face upload, and a note saying why
+    assert not component(page, "identity_upload").visible and not component(page, "identity_view").visible
+    assert "trained without identity" in component(page, "identity_note").value
+    page = app.build_demo(identity_pipe)
+    assert component(page, "identity_upload").visible and component(page, "identity_view").visible
+    assert "upload a reference face" in component(page, "identity_note").value
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity in the Generate tab (issue #31): a reference face with the mask and the prompt
+
+
+@pytest.fixture(scope="module")
+def identity_run(tmp_path_factory):
+    """A tiny run with identity tokens and its own SynthFaces encoder (see sampling_helpers)."""
+    return make_identity_run(tmp_path_factory.mktemp("app-identity"))
+
+
+@pytest.fixture(scope="module")
+def identity_pipe(identity_run):
+    from face_mogle.pipeline import FaceMoGLEPipeline
+
+    return FaceMoGLEPipeline.from_run(identity_run)
+
+
+def test_identity_handlers(app, identity_pipe, demo, tmp_path):
+    handlers = app.Demo(identity_pipe, app.find_examples())
+    ref = save_reference_face(tmp_path / "ref.png", seed=5)
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (96, 96), (128, 128, 128)).save(grey)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(draw_mask(1, 64), "L").save(mask)
+    image, status = handlers.identity_preview(str(ref))
+    assert image.size == (96, 96) and status == "Reference face ref.png: 96x96, a face found."
+    assert handlers.identity_preview(None)[0] is None
+    with pytest.warns(UserWarning):
+        image, status = handlers.identity_preview(str(grey))
+    assert image is None and status.startswith("**Reference face not usable:** grey.png: no face found")
+
+    face, gates, status = handlers.generate(str(mask), None, "a face", 3, 2, 3.5, 1.0, 24, identity_file=str(ref))
+    assert status.startswith("Done: mask+text+identity, mask mask.png, reference face ref.png, 24x24"), status
+    want = identity_pipe("a face", str(mask), seeds=[3], steps=2, size=24, identities=[str(ref)])
+    assert np.array_equal(np.asarray(face), np.asarray(want.images[0])) and gates.size == (24, 24)
+    plain = handlers.generate(str(mask), None, "a face", 3, 2, 3.5, 1.0, 24)
+    assert plain[2].startswith("Done: mask+text, ") and not np.array_equal(np.asarray(plain[0]), np.asarray(face))
+    with pytest.warns(UserWarning):
+        face, _, status = handlers.generate(None, None, "a face", 3, 2, 3.5, 1.0, 24, identity_file=str(grey))
+    assert face is None and status.startswith("**Error:** grey.png: no face found") and "\n" not in status
+    # a run without identity refuses a reference (its page hides the upload; the handler checks anyway)
+    with pytest.warns(UserWarning):
+        status = demo.generate(None, None, "a face", 3, 2, 3.5, 1.0, 16, identity_file=str(ref))[2]
+    assert status.startswith("**Error:** this run was trained without identity")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,11 +347,13 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def server(tiny_run, tmp_path):  # noqa: F811
+def server(identity_run, tmp_path):
+    """app.py serving a run with identity: the Generate tab shows the reference-face upload; without a
+    reference the run samples exactly as one without identity."""
     port = free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp_path / "gradio"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--run", str(tiny_run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--run", str(identity_run), "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
@@ -391,6 +452,18 @@ def test_page_generates_in_a_browser(server, browser, tmp_path):
     assert "24x24" in status() and "2 steps" in status() and "upload.png" in status()
     assert fetch("#result").size == (24, 24)
     assert fetch("#gates").size == (24, 24)
+
+    # A reference face: shown once its face is found; the next face is that person.
+    ref = save_reference_face(tmp_path / "person.png", seed=5)
+    browser.find_element(By.CSS_SELECTOR, "#identity_upload input[type=file]").send_keys(str(ref))
+    wait.until(lambda d: "Reference face person.png" in status())
+    assert "a face found" in status() and fetch("#identity_view").size == (96, 96)
+    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    wait.until(lambda d: status().startswith(("Done", "Error")))
+    assert status().startswith("Done: mask+text+identity") and "reference face person.png" in status(), status()
+    assert fetch("#result").size == (24, 24)
+    browser.find_element(By.CSS_SELECTOR, "#identity_upload button[aria-label=Clear]").click()
+    wait.until(lambda d: "No reference face" in status())
 
     # A broken upload: a readable message in the page, no traceback.
     bad = tmp_path / "broken.png"

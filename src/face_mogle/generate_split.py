@@ -8,6 +8,13 @@ the same id: a run can be resumed (ids whose face test.py already wrote are skip
 processes (`--shard i/n`, or automatically by RANK under torchrun / accelerate launch).
 `OUT/manifest.json` records the settings and the files written (see `output_record`); resuming with
 other settings, or into a folder holding files test.py did not write, is refused.
+
+With `identity_root` (`test.py --identity_root DIR`, runs trained with identity) each id is also
+that person: DIR/{id}.png (or .jpg, .jpeg, .webp) is its reference face. Every id of the shard must
+have exactly one; the ids without are listed in one error before anything is written (a partial set
+of people would silently mix identity and no-identity images in one test set). The references are
+encoded before the first image is made, so a reference in which no face is found stops the run
+before any work, naming the file. The manifest records the root; resuming with another is refused.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ JPEG_QUALITY = 95
 # Settings that must match to resume into an existing output folder.
 RESUME_KEYS = ("run", "weights", "backbone", "root", "split_spec", "seed", "steps", "guidance", "size",
                "condition_scale", "cfg_scale", "text_cfg_scale", "gate_timestep_scale", "mask_latent", "local_maps", "global_map",
-               "max_sequence_length", "seeding")
-WEIGHT_FILES = ("pytorch_lora_weights.safetensors", "mogle.safetensors", "mogle.pt")
+               "max_sequence_length", "seeding", "identity_root", "identity_encoder")
+WEIGHT_FILES = ("pytorch_lora_weights.safetensors", "mogle.safetensors", "mogle.pt", "identity.safetensors")
+REFERENCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # a reference face in --identity_root: DIR/{id}{suffix}
 
 
 class GenerationError(ValueError):
@@ -102,6 +110,31 @@ def shard_from_env() -> Optional[tuple[int, int]]:
     return (int(raw_rank), world) if world > 1 else None
 
 
+def reference_faces(identity_root: str | os.PathLike, ids: Sequence[int]) -> dict[int, Path]:
+    """{id: DIR/{id}.png|.jpg|...}, one reference face per id; every id missing one, or having two, is
+    named in one GenerationError (the first few), before any work."""
+    root = Path(identity_root)
+    if not root.is_dir():
+        raise GenerationError(f"--identity_root {root}: folder not found (expected reference faces named by id, "
+                              "e.g. 100.png)")
+    found: dict[int, list[Path]] = {}
+    for path in root.iterdir():
+        if path.suffix.lower() in REFERENCE_SUFFIXES and path.stem.isdigit() and path.is_file():
+            found.setdefault(int(path.stem), []).append(path)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise GenerationError(
+            f"--identity_root {root} has no reference face for {len(missing)} of the {len(ids)} ids to generate, "
+            f"e.g. {', '.join(map(str, missing[:5]))} (expected {root}/{{id}}.png or .jpg): add them, or give a "
+            "split of only the people you have (--split, --limit)")
+    double = [i for i in ids if len(found[i]) > 1]
+    if double:
+        names = ", ".join(sorted(p.name for p in found[double[0]]))
+        raise GenerationError(f"--identity_root {root} holds {len(double)} ids with more than one reference face, "
+                              f"e.g. {names}: keep one file per id")
+    return {i: found[i][0] for i in ids}
+
+
 def take_shard(ids: Sequence[int], shard: Optional[tuple[int, int]]) -> list[int]:
     """Every n-th id starting at i."""
     return list(ids) if shard is None else list(ids)[shard[0] :: shard[1]]
@@ -160,7 +193,7 @@ def check_resume(out: Path, old: Optional[dict], settings: dict) -> None:
     """Refuse to add images made with other settings to an existing output folder."""
     if old is None:
         return
-    old = {"cfg_scale": 1.0, **old}  # folders made before classifier-free guidance existed had none
+    old = {"cfg_scale": 1.0, "identity_root": None, "identity_encoder": None, **old}  # folders made before these existed had none
     old.setdefault("text_cfg_scale", old["cfg_scale"])  # nor, before it, a separate prompt weight
     diffs = [f"{k} {old.get(k)!r} != {settings.get(k)!r}" for k in RESUME_KEYS if k in old and old.get(k) != settings.get(k)]
     if diffs:
@@ -188,12 +221,13 @@ def generate_split(
     progress: bool = True,
     log=print,
     overwrite: bool = False,
+    identity_root: Optional[str | os.PathLike] = None,
 ) -> dict:
     """Generate the split's faces into `output_dir` with a FaceMoGLEPipeline; returns a summary.
 
     `split` is "test"/"train" (the run config's data.test_split / train_split) or a spec itself.
     `limit` keeps the first ids of the split (before sharding), so shards of a limited run still
-    partition it.
+    partition it. `identity_root`: a folder of reference faces named by id (see the module docstring).
     """
     root = Path(root)
     if not root.is_dir():
@@ -224,6 +258,16 @@ def generate_split(
     missing += [f"caption of {i} (text.json or text/{i}.txt)" for i in ids if i not in captions]
     if missing:
         raise GenerationError(f"{len(missing)} missing data files under {root}, e.g. {', '.join(missing[:3])}")
+    references = None
+    if identity_root is not None:
+        if cfg.model.identity.encoder is None:
+            raise GenerationError(f"--identity_root: run {pipe.run_dir} was trained without identity "
+                                  "(model.identity.encoder is null): use a run trained with an identity stage")
+        references = reference_faces(identity_root, ids)
+        identity_root = Path(identity_root).resolve()
+        if identity_root in (out_resolved / "face", out_resolved / "text"):  # its files would be taken for ours
+            raise GenerationError(f"--identity_root {identity_root} is the output folder's {identity_root.name}/: "
+                                  "keep the reference faces elsewhere")
 
     out = check_output_dir(output_dir)
     settings = dict(
@@ -234,6 +278,8 @@ def generate_split(
         local_maps=cfg.sample.local_maps, global_map=cfg.model.global_map,
         max_sequence_length=cfg.sample.max_sequence_length,
         seeding=f"image id i gets seed * {SEED_STRIDE} + i", jpeg_quality=JPEG_QUALITY, limit=limit,
+        identity_root=None if identity_root is None else str(identity_root),
+        identity_encoder=None if identity_root is None else cfg.model.identity.encoder,
     )
     from filelock import Timeout
 
@@ -243,7 +289,9 @@ def generate_split(
         try:
             with record.manifest_lock(out):
                 todo = _prepare(out, ids, settings, overwrite, lock, log)
-            return _generate(pipe, root, out, ids, todo, captions, settings, shard, split, batch_size, progress, log)
+            embeddings = _embed_references(pipe, references, todo)
+            return _generate(pipe, root, out, ids, todo, captions, settings, shard, split, batch_size, progress, log,
+                             embeddings)
         finally:
             lock.release()
     except (record.OutputFolderError, FolderBusy) as err:
@@ -272,8 +320,20 @@ def _prepare(out: Path, ids: list[int], settings: dict, overwrite: bool, lock, l
     return [i for i in ids if f"face/{i}.jpg" not in ours]
 
 
+def _embed_references(pipe, references: Optional[dict], todo: list[int], chunk: int = 64) -> Optional[dict]:
+    """{id: identity embedding} of the ids still to generate, all encoded before the first image (a
+    reference without a face stops the run here, naming it); None without --identity_root."""
+    if references is None:
+        return None
+    out = {}
+    for b in range(0, len(todo), chunk):
+        batch = todo[b : b + chunk]
+        out.update(zip(batch, pipe.identity_embeddings([str(references[i]) for i in batch], len(batch))))
+    return out
+
+
 def _generate(pipe, root: Path, out: Path, ids, todo, captions, settings: dict, shard, split, batch_size: int,
-              progress: bool, log) -> dict:
+              progress: bool, log, embeddings: Optional[dict] = None) -> dict:
     from tqdm import tqdm
 
     skipped = len(ids) - len(todo)
@@ -290,6 +350,7 @@ def _generate(pipe, root: Path, out: Path, ids, todo, captions, settings: dict, 
                 seeds=[image_seed(s["seed"], i) for i in batch], steps=s["steps"], guidance=s["guidance"],
                 condition_scale=s["condition_scale"], cfg_scale=s["cfg_scale"], text_cfg_scale=s["text_cfg_scale"],
                 size=s["size"], batch_size=len(batch),
+                identities=None if embeddings is None else [embeddings[i] for i in batch],
             )
             new = {}
             for i, image in zip(batch, result.images):

@@ -582,12 +582,22 @@ class FaceMoGLEPipeline:
             from .identity import load_identity_encoder
 
             ident = self.cfg.model.identity
-            weights = ident.weights
-            if weights is not None and self.run_dir is not None:
-                weights = resolve_pretrained(weights, Path(self.run_dir))
-            self._identity_encoder = load_identity_encoder(ident.encoder, weights, parser=self.cfg.data.parser
+            self._identity_encoder = load_identity_encoder(ident.encoder, self.identity_encoder_weights(),
+                                                           parser=self.cfg.data.parser
                                                            if ident.encoder == "synthfaces" else None)
         return self._identity_encoder
+
+    def identity_encoder_weights(self) -> Optional[str]:
+        """Where the run's identity encoder is read from: model.identity.weights (relative: from the
+        current directory, then from the project root the run folder sits in), else the encoder's
+        default place; None for a run without identity."""
+        from .identity import DEFAULT_WEIGHTS
+
+        ident = self.cfg.model.identity
+        if ident.encoder is None:
+            return None
+        weights = ident.weights if ident.weights is not None else DEFAULT_WEIGHTS[ident.encoder]
+        return resolve_pretrained(weights, Path(self.run_dir)) if self.run_dir is not None else weights
 
     def unread_words(self, prompt: str) -> list[str]:
         """Words of `prompt` this run's T5 does not read (unknown to its tokenizer, or cut): see

@@ -46,6 +46,14 @@ def test_shipped_model_follows_mask_and_caption(monkeypatch):
     parsed_text = [parse(np.asarray(im)) for im in text_only.images]
     miou_text = mean_iou(parsed_text, [s.labels for s in samples])
     assert miou - miou_text >= limits["mask_gain"], f"mIoU with the mask {miou:.3f} vs without {miou_text:.3f}"
+    # whole faces (one face region holding two eyes, two brows, a nose and a mouth in order, inside the
+    # range of real renders): colours and layout can be right around a face that is not one
+    from face_mogle.eval.face_validity import face_validity
+
+    for key, images in (("face_validity", out.images), ("text_face_validity", text_only.images)):
+        if key in limits:
+            got = face_validity([np.asarray(im.convert("RGB")) for im in images], vae=pipe.backbone.vae)
+            assert got["validity"] >= limits[key], f"{key} {got['validity']:.3f} < {limits[key]} ({got['failures']})"
     # text-only mode draws a face with the caption's colours (the model before the whole-mask dropout
     # drew only the background)
     if "text_attribute_accuracy" in limits:

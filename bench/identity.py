@@ -282,9 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     if wanted and pipe.model.identity is None:
         raise SystemExit(f"error: --run {args.run} has no identity (trained without it: model.identity.encoder is null): "
                          f"modes {', '.join(wanted)} need a run with an identity stage; --modes text,reference runs on any run")
+    from face_mogle.identity.errors import IdentityError
+
     try:
         results = evaluate(pipe, root, people_list, modes, args.steps, args.batch_size, args.seed)
-    except BenchError as err:
+    except (BenchError, IdentityError) as err:  # e.g. the run's encoder weights missing: one line
         raise SystemExit(f"error: {err}") from None
     n = len(people_list)
     print(f"\nIdentity on {n} held-out SynthFaces identities ({root}, {args.split}); run {args.run}; "

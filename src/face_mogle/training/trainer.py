@@ -112,7 +112,7 @@ def check_resume_config(saved: Config, current: Config, source: str = "the run's
 
 def _init_from(model, run: Path) -> None:
     """LoRA + MoGLE from a finished run (train.init_from); an identity projector, if any, starts fresh."""
-    from ..pipeline import SamplingError, check_run_dir
+    from ..runs import SamplingError, check_run_dir
 
     try:
         model.load_weights(check_run_dir(run), with_identity=False)

@@ -236,8 +236,14 @@ class Trainer:
 
             if importlib.util.find_spec("wandb") is None:
                 raise TrainingError("train.tracker is wandb but wandb is not installed (pip install wandb, or --set train.tracker=tensorboard)")
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # a batch whose every sample dropped its identity leaves the identity projector without a
+        # gradient: DDP must be told that a parameter may go unused in a step
+        ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.model.identity.encoder else []
         self.acc = Accelerator(
             cpu=not torch.cuda.is_available(),  # so torchrun on CPU gives a gloo multi-process run
+            kwargs_handlers=ddp,
             mixed_precision=cfg.train.mixed_precision,
             gradient_accumulation_steps=cfg.train.grad_accum,
             log_with=tracker,

@@ -36,7 +36,9 @@ resume_args() {
     elif [[ -e "$1" && ! -e "$1/export.json" ]]; then RESUME=(--overwrite); else RESUME=(); fi
 }
 
-# (2) base DiT: full training of the transformer as plain text-to-image
+# (2) base DiT: full training of the transformer as plain text-to-image, from a cache of the faces
+# and captions (the VAE and text encoders are stage 1b's: they never change after it)
+python -m face_mogle.data.cache --config configs/tiny-demo-base.yaml --split train
 BASE_RUN="$STAGES/runs/tiny-demo-base"
 resume_args "$BASE_RUN"
 python train.py --config configs/tiny-demo-base.yaml "${RESUME[@]}" "$@"
@@ -72,7 +74,9 @@ OUT=checkpoints/face-mogle-tiny
 rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
 cp "$ID_RUN/pytorch_lora_weights.safetensors" "$ID_RUN/mogle.safetensors" "$ID_RUN/identity.safetensors" "$OUT.tmp/"
 cp -r "$STAGES/backbone-base" "$OUT.tmp/backbone"
-cp -r "$STAGES/identity-encoder" "$OUT.tmp/identity-encoder"
+# the encoder in float16 (half its bytes; the shipped folder stays under 30 MB)
+python -c 'import sys, torch; from face_mogle.identity import load_synthfaces_encoder as load
+load(sys.argv[1]).save(sys.argv[2], dtype=torch.float16)' "$STAGES/identity-encoder" "$OUT.tmp/identity-encoder"
 python - "$ID_RUN/config.yaml" "$OUT.tmp/config.yaml" <<'PY'
 import sys
 from face_mogle.config import load_config, save_config

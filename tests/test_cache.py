@@ -401,3 +401,32 @@ def test_folder_backbone_fingerprint(tiny_backbone, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert "backbone text_encoder_2 differs" in _identity_difference(built, cache_identity(load_backbone(tmp_path / "b")))
+
+
+def test_base_mode_cache_holds_no_maps(built, root, tiny_backbone, tmp_path):
+    """A train.mode: base config caches faces and captions only; a Face-MoGLE run refuses that
+    cache, a base run reads a full one too, and a build never mixes the two kinds."""
+    cfg = make_cfg(root, tmp_path / "base", "train.mode=base")
+    build_cache(cfg, "both", batch_size=4, backbone=tiny_backbone, shard_size=SHARD, progress=False, log=lambda m: None)
+    cache_dir = Path(cfg.data.cache_dir)
+    assert json.loads((cache_dir / "manifest.json").read_text())["maps"] is False
+    shard = load_file(cache_dir / "shard-00000.safetensors")
+    assert shard["map_mean"].shape[0] == 0 and (shard["map_index"] == -1).all()
+    full = load_file(Path(built.data.cache_dir) / "shard-00000.safetensors")
+    for key in ("ids", "face_mean", "face_std", "prompt_embeds", "pooled_embeds", "caption_start"):
+        torch.testing.assert_close(shard[key], full[key], atol=1e-5, rtol=1e-5, msg=key)
+    # a base run's inputs from it equal the full cache's, maps aside (it never reads them)
+    a = CachedFaceDataset.from_config(cfg, open_cache(cfg, tiny_backbone, "train"), "train", seed=3)
+    b = CachedFaceDataset.from_config(built, open_cache(built, tiny_backbone, "train"), "train", seed=3)
+    ia, ib = (cached_batch_inputs(collate([d[i] for i in range(4)]), d.vae_config, sample=False) for d in (a, b))
+    for key in ("x0", "prompt_embeds", "pooled_embeds"):
+        torch.testing.assert_close(ia[key], ib[key], atol=1e-5, rtol=1e-5, msg=key)
+    assert (ia["mask_latents"] == ia["mask_latents"][:, :1]).all()  # every map is the empty map
+    with pytest.raises(CacheError, match="built without mask maps"):
+        open_cache(make_cfg(root, tmp_path / "base"), tiny_backbone, "train")
+    with pytest.raises(CacheError, match="built without mask maps"):
+        build_cache(make_cfg(root, tmp_path / "base"), "train", backbone=tiny_backbone, progress=False, log=lambda m: None)
+    open_cache(make_cfg(root, built.data.cache_dir, "train.mode=base"), tiny_backbone, "train")  # a full cache serves a base run
+    with pytest.raises(CacheError, match="built with mask maps"):
+        build_cache(make_cfg(root, built.data.cache_dir, "train.mode=base"), "train", backbone=tiny_backbone,
+                    progress=False, log=lambda m: None)

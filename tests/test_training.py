@@ -164,6 +164,26 @@ def test_existing_run_needs_resume_and_same_config(data, tmp_path):
         Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 2, "model.lora.r": 8}), resume="latest")
 
 
+def test_a_base_run_resumes_from_a_cache_of_its_data(data, tmp_path):
+    """data.cache_dir may change on resume (same faces and captions, pre-encoded); the cache still
+    has to match the config, and a base-mode cache holds no mask maps."""
+    from face_mogle.data.cache import build_cache
+
+    base = {"train.mode": "base", "train.max_steps": 1}
+    Trainer(cfg_for(data, tmp_path, **base)).train()
+    cached = cfg_for(data, tmp_path, **{**base, "train.max_steps": 2, "data.cache_dir": tmp_path / "cache"})
+    with pytest.raises(TrainingError, match=r"cannot resume: .* in data\.drop_text_prob \("):  # the cache alone may change
+        Trainer(cfg_for(data, tmp_path, **{**base, "train.max_steps": 2, "data.cache_dir": tmp_path / "cache",
+                                           "data.drop_text_prob": 0.5}), resume="latest")
+    build_cache(cached, "train", batch_size=8, progress=False, log=lambda m: None)
+    trainer = Trainer(cached, resume="latest")
+    assert trainer.start_step == 1 and not trainer.cache.manifest.get("maps", True)
+    losses = trainer.train()
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    assert set(weights(tmp_path / "t", 2)) == set(weights(tmp_path / "t", 1))
+    assert any(not torch.equal(a, weights(tmp_path / "t", 1)[k]) for k, a in weights(tmp_path / "t", 2).items())
+
+
 def test_another_runs_checkpoint_with_another_lora_rank_is_named_as_such(data, tmp_path):
     Trainer(cfg_for(data, tmp_path, **{"train.max_steps": 1})).train()
     step = tmp_path / "t" / "checkpoints" / "step-1"

@@ -123,14 +123,17 @@ class SynthFacesEncoder:
             return torch.zeros(0, self.dim)
         return self.net(to_tensor(crops, crop_labels, self.cfg.face_only).to(self.device)).float().cpu()
 
-    def save(self, folder: str | os.PathLike, extra: Optional[dict] = None) -> Path:
-        return save_encoder(self.net, self.cfg, folder, {**self.info, **(extra or {})})
+    def save(self, folder: str | os.PathLike, extra: Optional[dict] = None, dtype: Optional[torch.dtype] = None) -> Path:
+        return save_encoder(self.net, self.cfg, folder, {**self.info, **(extra or {})}, dtype)
 
 
-def save_encoder(net: SynthFacesNet, cfg: EncoderConfig, folder: str | os.PathLike, info: Optional[dict] = None) -> Path:
-    """Weights, then the JSON (which names them): a reader that finds the JSON finds whole weights."""
+def save_encoder(net: SynthFacesNet, cfg: EncoderConfig, folder: str | os.PathLike, info: Optional[dict] = None,
+                 dtype: Optional[torch.dtype] = None) -> Path:
+    """Weights, then the JSON (which names them): a reader that finds the JSON finds whole weights.
+    `dtype` (e.g. float16, for a shipped copy) stores the floating tensors in it; loading casts back."""
     folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in net.state_dict().items()}
     atomic_save_safetensors(state, folder / WEIGHTS_FILE, metadata={"format": FORMAT})
     text = json.dumps({"format": FORMAT, "config": dataclasses.asdict(cfg), "info": info or {}}, indent=1) + "\n"
     atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -166,7 +169,7 @@ def load_synthfaces_encoder(weights: str | os.PathLike = DEFAULT_SYNTHFACES, dev
         bad = sorted(set(expected) ^ set(found)) or [k for k in expected if expected[k] != found[k]]
         raise IdentityError(f"{weights_path}: weights do not fit the encoder of {config_path.name} "
                             f"(first mismatch: {bad[0]}, {found.get(bad[0])} vs expected {expected.get(bad[0])})")
-    net.load_state_dict(state)
+    net.load_state_dict(state)  # copies into the net's float32 parameters (a float16 copy casts back)
     return SynthFacesEncoder(net, cfg, meta.get("info"), device)
 
 

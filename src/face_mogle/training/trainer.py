@@ -40,6 +40,9 @@ RESUMABLE_CHANGES = {
     "name", "train.max_steps", "train.save_interval", "train.sample_interval", "train.log_interval",
     "train.keep_checkpoints", "train.tracker", "data.num_workers", "pretrained",
     "data.parser",  # the face parser editing uses: training never reads it
+    # the same faces and captions pre-encoded, with the same (seed, epoch, id) choices; open_cache
+    # checks the cache against them and the backbone (the recipe's base stage switched to one)
+    "data.cache_dir",
 }
 
 

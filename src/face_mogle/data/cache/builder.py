@@ -18,7 +18,7 @@ from ..dataset import DataError, check_files, load_face, read_captions
 from ..masks import STORED_IS_SAMPLING_ONLY, MaskError, condition_stack_torch, load_label_map
 from .fingerprint import DTYPE_NAMES, _captions_digest, _changed_source, _source_fingerprints, cache_identity
 from .manifest import (FORMAT_VERSION, MANIFEST, SHARED, CacheError, _settings, _settings_difference, shard_problem,
-                       _split_ids, _write_manifest, read_manifest, require_cache_dir)
+                       _split_ids, _write_manifest, read_manifest, require_cache_dir, wants_maps)
 
 MAX_SHARD_SIZE = 256  # samples per shard, at most
 SHARD_BYTES = 1 << 30  # ...and about 1 GiB per shard (a shard is assembled in memory)
@@ -75,8 +75,9 @@ def _mean_present_maps(root: Path, ids: list[int], size: int, limit: int = 64) -
 
 
 def _encode_shard(backbone, cfg, loader_batches, captions: dict, dtype: torch.dtype, progress=None,
-                  text: bool = True) -> dict:
-    """Encode one shard's samples; returns the tensors of its file."""
+                  text: bool = True, maps: bool = True) -> dict:
+    """Encode one shard's samples; returns the tensors of its file. Without `maps` every map is
+    recorded absent (the reader gives the empty map)."""
     from ... import encoding
 
     vae, L = backbone.vae, cfg.max_sequence_length
@@ -86,15 +87,15 @@ def _encode_shard(backbone, cfg, loader_batches, captions: dict, dtype: torch.dt
     rows = 0
     for batch in loader_batches:
         images = batch["image"].to(device)
-        stack = condition_stack_torch(batch["labels"].to(device), cfg.model.global_map)  # [b,20,3,S,S]
-        b = stack.shape[0]
+        b = images.shape[0]
         m, s = encoding.encode_distribution(vae, images)
         face_mean.append(m.to(dtype).cpu())
         face_std.append(s.to(dtype).cpu())
-        flat = stack.flatten(0, 1)
-        nonempty = flat.flatten(1).amax(dim=1) > 0
         index = torch.full((b * NUM_MAPS,), -1, dtype=torch.int32)
-        if nonempty.any():
+        if maps:
+            flat = condition_stack_torch(batch["labels"].to(device), cfg.model.global_map).flatten(0, 1)  # [b*20,3,S,S]
+            nonempty = flat.flatten(1).amax(dim=1) > 0
+        if maps and nonempty.any():
             m, s = encoding.encode_distribution(vae, flat[nonempty])
             map_mean.append(m.to(dtype).cpu())
             map_std.append(s.to(dtype).cpu())
@@ -165,7 +166,8 @@ def build_cache(cfg, split: str = "both", batch_size: int = 8, device: str = "cp
     unchanged) are kept; missing or stale ones are re-encoded under the same name and ids; ids not
     yet cached go into new shards. `max_shards` stops after that many shards were written;
     `quiet` silences per-batch library warnings (CLIP's 77-token truncation notes, dtype casts).
-    `text=False` builds a latents-only cache (captions are then encoded during training).
+    `text=False` builds a latents-only cache (captions are then encoded during training); a
+    `train.mode: base` config caches no mask maps (it never reads them).
     One builder per folder: a second one is refused (FolderBusy) while the first runs.
     """
     if cfg.model.global_map == "stored":
@@ -192,13 +194,15 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
 
     from ...models.builder import load_backbone
 
+    maps = wants_maps(cfg)
+
     def refuse(diff):
         return CacheError(f"latent cache {cache_dir} does not match this config: {diff}; pass --overwrite "
                           f"to replace it, or choose another --set data.cache_dir=DIR")
 
     manifest = read_manifest(cache_dir)
     if manifest is not None and not overwrite and backbone is None:
-        diff = _settings_difference(manifest, cfg, None, text)  # fail before loading a large backbone
+        diff = _settings_difference(manifest, cfg, None, text, building=True)  # fail before loading a large backbone
         if diff:
             raise refuse(diff)
     if quiet:
@@ -214,7 +218,7 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
         _remove_cache_files(cache_dir)
         manifest = None
     if manifest is not None:
-        diff = _settings_difference(manifest, cfg, identity, text)
+        diff = _settings_difference(manifest, cfg, identity, text, building=True)
         if diff:
             raise refuse(diff)
     _remove_temp_files(cache_dir)
@@ -227,7 +231,7 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
         _remove_cache_files(cache_dir)
         manifest = dict(_settings(cfg, identity), backbone=identity, latent_shape=latent_shape,
                         prompt_shape=prompt_shape if text else None, pooled_dim=pooled_dim if text else None,
-                        text=text, shared=SHARED, shard_size=None, shards=[])
+                        text=text, maps=maps, shared=SHARED, shard_size=None, shards=[])
 
     # Plan: repair listed shards that are missing/truncated/stale, then new shards for the rest.
     todo: list[tuple[Optional[int], list[int]]] = []  # (index of a listed shard or None, ids)
@@ -247,7 +251,7 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
             todo.append((s, list(shard["ids"])))
     new_ids = [i for i in ids if i not in cached]
     itemsize = torch.empty(0, dtype=dtype).element_size()
-    maps_per_sample = _mean_present_maps(root, new_ids or ids, cfg.data.size)
+    maps_per_sample = _mean_present_maps(root, new_ids or ids, cfg.data.size) if maps else 0.0
     caption_counts = (lambda some: sum(len(captions[i]) for i in some)) if text else (lambda some: 0)
     per_sample = projected_bytes(1, caption_counts(ids) / max(len(ids), 1), maps_per_sample,
                                  latent_shape, prompt_shape, pooled_dim, itemsize)["total"]
@@ -269,7 +273,8 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
     log(f"latent cache {cache_dir}: {len(ids)} samples ({split}), {len(ids) - len(new_ids)} already cached, "
         f"{len(pending)} to encode in {len(todo)} shard(s) of <= {shard_size}; storing {DTYPE_NAMES[dtype]}")
     log(f"projected size of the {split} cache: {_fmt_bytes(total_est['total'])} (faces {_fmt_bytes(total_est['faces'])}, "
-        f"mask maps {_fmt_bytes(total_est['maps'])} at ~{maps_per_sample:.1f} non-empty maps/sample, captions "
+        + (f"mask maps {_fmt_bytes(total_est['maps'])} at ~{maps_per_sample:.1f} non-empty maps/sample, " if maps
+           else "mask maps not cached (train.mode base), ") + "captions "
         + (f"{_fmt_bytes(total_est['captions'])} = T5 {prompt_shape[0]}x{prompt_shape[1]} + pooled {pooled_dim} per caption); "
            if text else "not cached (--no_text)); ") +
         f"to write now: {_fmt_bytes(est['total'])}; free: {_fmt_bytes(free)}")
@@ -300,7 +305,7 @@ def _build_locked(cfg, cache_dir: Path, root: Path, ids: list[int], captions: di
         for pos, shard_ids in todo:
             num_batches = math.ceil(len(shard_ids) / batch_size)
             shard_batches = (next(batch_iter) for _ in range(num_batches))
-            tensors = _encode_shard(backbone, cfg, shard_batches, captions, dtype, bar, text)
+            tensors = _encode_shard(backbone, cfg, shard_batches, captions, dtype, bar, text, maps)
             if pos is not None:
                 name = manifest["shards"][pos]["file"]
             else:

@@ -51,14 +51,26 @@ def _settings(cfg, identity: Optional[dict]) -> dict:
     }
 
 
-def _settings_difference(manifest: dict, cfg, identity: Optional[dict], text: Optional[bool] = None) -> Optional[str]:
+def wants_maps(cfg) -> bool:
+    """A `train.mode: base` run (plain text-to-image) never reads mask maps: its cache holds none."""
+    return cfg.train.mode != "base"
+
+
+def _settings_difference(manifest: dict, cfg, identity: Optional[dict], text: Optional[bool] = None,
+                         building: bool = False) -> Optional[str]:
     """What makes `manifest` unusable with this config and backbone (None: compatible).
     identity None checks the config only (before the backbone is loaded); text None accepts a
-    cache with or without text embeddings (max_sequence_length only matters with them)."""
+    cache with or without text embeddings (max_sequence_length only matters with them). A build
+    must match the cache's mask maps exactly; a base-mode run reads a cache with or without them."""
     has_text = manifest.get("text", True)
     if text is not None and text != has_text:
         return (f"it was built {'with' if has_text else 'without'} text embeddings, this build asks for "
                 f"{'none (--no_text)' if not text else 'them'}")
+    has_maps = manifest.get("maps", True)
+    if (building or wants_maps(cfg)) and has_maps != wants_maps(cfg):
+        return (f"it was built {'with' if has_maps else 'without'} mask maps (train.mode "
+                f"{'mogle' if has_maps else 'base'}), this config's train.mode {cfg.train.mode} "
+                f"{'needs them' if wants_maps(cfg) else 'caches none'}")
     wanted = _settings(cfg, identity)
     if not has_text:
         wanted.pop("max_sequence_length")

@@ -44,4 +44,15 @@ draw edit-bob.png --image $E/face.png --source_mask $E/mask.png --mask $E/mask-b
 draw edit-smiling.png --image $E/face.png --source_mask $E/mask.png --mask $E/mask-smiling.png --prompt "$EDIT_PROMPT"
 draw edit-red.png --image $E/face.png --source_mask $E/mask.png --regions hair \
     --prompt "${EDIT_PROMPT/blond long hair/red long hair}"
+# identity (README, "Identity"): one held-out person under four prompts, each changing one thing
+I=assets/examples/identity
+ID_PROMPT=$(cat $I/prompt.txt)
+if [[ -f checkpoints/face-mogle-tiny/identity.safetensors ]]; then
+    draw identity-hair.png --identity $I/face.png --prompt "${ID_PROMPT/brown short hair/blond long hair}"
+    draw identity-shirt.png --identity $I/face.png --prompt "${ID_PROMPT/red shirt/green shirt}"
+    draw identity-background.png --identity $I/face.png --prompt "${ID_PROMPT/gray background/orange background}"
+    draw identity-expression.png --identity $I/face.png --prompt "${ID_PROMPT/dark skin/an open mouth and dark skin}"
+else
+    echo "the shipped model has no identity tokens (identity.safetensors): identity pictures not drawn" >&2
+fi
 ls "$OUT"

@@ -115,6 +115,7 @@ class FaceMoGLEPipeline:
         self.cfg = cfg
         self.device = torch.device(device)
         self.run_dir = run_dir
+        self._identity_encoder = None  # loaded on first use (identity_encoder())
         # `offload` replaces sample.offload: the trainer's sample grids use "model" for its encoders
         # kept on the CPU, and never leaf hooks on the transformer it trains
         self.offload = cfg.sample.offload if offload is None else offload
@@ -491,7 +492,7 @@ class FaceMoGLEPipeline:
     def identity_encoder(self):
         """The run's identity encoder (model.identity), loaded on first use; relative weights are looked
         up from the current directory, then from the project root the run folder sits in."""
-        if getattr(self, "_identity_encoder", None) is None:
+        if self._identity_encoder is None:
             from .identity import load_identity_encoder
 
             ident = self.cfg.model.identity

@@ -417,16 +417,17 @@ def test_base_mode_cache_holds_no_maps(built, root, tiny_backbone, tmp_path):
         torch.testing.assert_close(shard[key], full[key], atol=1e-5, rtol=1e-5, msg=key)
     # a base run's inputs from it equal the full cache's, maps aside (it never reads them)
     a = CachedFaceDataset.from_config(cfg, open_cache(cfg, tiny_backbone, "train"), "train", seed=3)
-    b = CachedFaceDataset.from_config(built, open_cache(built, tiny_backbone, "train"), "train", seed=3)
+    base_over_full = make_cfg(root, built.data.cache_dir, "train.mode=base")  # a full cache read by a base run
+    b = CachedFaceDataset.from_config(base_over_full, open_cache(base_over_full, tiny_backbone, "train"), "train", seed=3)
     ia, ib = (cached_batch_inputs(collate([d[i] for i in range(4)]), d.vae_config, sample=False) for d in (a, b))
-    for key in ("x0", "prompt_embeds", "pooled_embeds"):
+    assert set(ia) == set(ib) == {"x0", "prompt_embeds", "pooled_embeds"}  # a base run reads no maps
+    for key in ia:
         torch.testing.assert_close(ia[key], ib[key], atol=1e-5, rtol=1e-5, msg=key)
-    assert (ia["mask_latents"] == ia["mask_latents"][:, :1]).all()  # every map is the empty map
+    assert "map_mean" not in a[0] and "map_mean" in CachedFaceDataset.from_config(built, open_cache(built, tiny_backbone), "train")[0]
     with pytest.raises(CacheError, match="built without mask maps"):
         open_cache(make_cfg(root, tmp_path / "base"), tiny_backbone, "train")
     with pytest.raises(CacheError, match="built without mask maps"):
         build_cache(make_cfg(root, tmp_path / "base"), "train", backbone=tiny_backbone, progress=False, log=lambda m: None)
-    open_cache(make_cfg(root, built.data.cache_dir, "train.mode=base"), tiny_backbone, "train")  # a full cache serves a base run
     with pytest.raises(CacheError, match="built with mask maps"):
         build_cache(make_cfg(root, built.data.cache_dir, "train.mode=base"), "train", backbone=tiny_backbone,
                     progress=False, log=lambda m: None)

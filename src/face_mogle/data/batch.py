@@ -3,7 +3,8 @@
 Both functions return the same dict:
 
     x0             [B, N, 4C]      face tokens (VAE posterior sample, scaled and packed)
-    mask_latents   [B, 20, N, 4C]  one token map per condition map (dropped local maps = the empty map)
+    mask_latents   [B, 20, N, 4C]  one token map per condition map (dropped local maps = the empty map;
+                                   absent in `train.mode: base`, which has no condition stream)
     prompt_embeds  [B, L, D]       T5 sequence of the chosen caption ("" when the text was dropped)
     pooled_embeds  [B, Dp]         pooled CLIP vector of the same caption
 
@@ -73,21 +74,17 @@ def cached_batch_inputs(batch: dict, vae_config, generator: Optional[torch.Gener
     device = device if device is not None else (generator.device if generator is not None else batch["face_mean"].device)
     face_mean = batch["face_mean"].to(device, torch.float32)
     face_std = batch["face_std"].to(device, torch.float32)
-    map_mean = batch["map_mean"].to(device, torch.float32)
-    map_std = batch["map_std"].to(device, torch.float32)
-    b, e = map_mean.shape[:2]
-
-    x0 = encoding.latent_tokens(vae, face_mean, face_std, sample, generator)
-    maps = encoding.latent_tokens(vae, map_mean.flatten(0, 1), map_std.flatten(0, 1), sample, generator)
+    out = {"x0": encoding.latent_tokens(vae, face_mean, face_std, sample, generator)}
+    if "map_mean" in batch:  # a base-mode dataset gives no maps (no condition stream)
+        map_mean = batch["map_mean"].to(device, torch.float32)
+        map_std = batch["map_std"].to(device, torch.float32)
+        b, e = map_mean.shape[:2]
+        maps = encoding.latent_tokens(vae, map_mean.flatten(0, 1), map_std.flatten(0, 1), sample, generator)
+        out["mask_latents"] = maps.view(b, e, *maps.shape[1:])
     if "prompt_embeds" in batch:
-        prompt_embeds, pooled = batch["prompt_embeds"].to(device), batch["pooled_embeds"].to(device)
+        out["prompt_embeds"], out["pooled_embeds"] = batch["prompt_embeds"].to(device), batch["pooled_embeds"].to(device)
     elif encode_text is not None:
-        prompt_embeds, pooled = encode_text(list(batch["caption"]))
+        out["prompt_embeds"], out["pooled_embeds"] = encode_text(list(batch["caption"]))
     else:
         raise ValueError("this batch comes from a latents-only cache (--no_text): pass encode_text")
-    return {
-        "x0": x0,
-        "mask_latents": maps.view(b, e, *maps.shape[1:]),
-        "prompt_embeds": prompt_embeds,
-        "pooled_embeds": pooled,
-    }
+    return out

@@ -15,7 +15,7 @@ from ...utils import DTYPES
 from ..dataset import SampleChoice, read_split, sample_choice, split_spec
 from .fingerprint import _changed_source, cache_identity
 from .manifest import (MANIFEST, SHARED, CacheError, _changed_caption_shards, _settings_difference, shard_problem,
-                       _split_ids, build_command, read_manifest, require_cache_dir)
+                       _split_ids, build_command, read_manifest, require_cache_dir, wants_maps)
 
 
 class LatentCache:
@@ -85,29 +85,31 @@ class LatentCache:
         self._handle(s)
         return self._meta[s]["captions"][row]
 
-    def read(self, image_id: int, caption_index: Optional[int], dropped: Optional[np.ndarray] = None) -> dict:
+    def read(self, image_id: int, caption_index: Optional[int], dropped: Optional[np.ndarray] = None,
+             maps: bool = True) -> dict:
         """Stored tensors of one sample; caption_index None = the empty caption; `dropped`
-        (bool [20], 0 = the global map) maps are replaced by the empty map like absent ones."""
+        (bool [20], 0 = the global map) maps are replaced by the empty map like absent ones;
+        `maps=False` reads no maps (a base-mode run has no condition stream)."""
         s, row = self.locations[image_id]
         f = self._handle(s)
         meta = self._meta[s]
         shared = self.shared()
-        index = meta["map_index"][row].long().clone()  # [20]
-        if dropped is not None:
-            index[torch.as_tensor(dropped, dtype=torch.bool)] = -1
-        present = index >= 0
-        map_mean = shared["empty_map_mean"].expand(NUM_MAPS, *shared["empty_map_mean"].shape).clone()
-        map_std = shared["empty_map_std"].expand(NUM_MAPS, *shared["empty_map_std"].shape).clone()
-        if present.any():
-            lo, hi = int(index[present].min()), int(index[present].max()) + 1
-            map_mean[present] = f.get_slice("map_mean")[lo:hi][index[present] - lo]
-            map_std[present] = f.get_slice("map_std")[lo:hi][index[present] - lo]
         out = {
             "face_mean": f.get_slice("face_mean")[row : row + 1][0],
             "face_std": f.get_slice("face_std")[row : row + 1][0],
-            "map_mean": map_mean,
-            "map_std": map_std,
         }
+        if maps:
+            index = meta["map_index"][row].long().clone()  # [20]
+            if dropped is not None:
+                index[torch.as_tensor(dropped, dtype=torch.bool)] = -1
+            present = index >= 0
+            map_mean = shared["empty_map_mean"].expand(NUM_MAPS, *shared["empty_map_mean"].shape).clone()
+            map_std = shared["empty_map_std"].expand(NUM_MAPS, *shared["empty_map_std"].shape).clone()
+            if present.any():
+                lo, hi = int(index[present].min()), int(index[present].max()) + 1
+                map_mean[present] = f.get_slice("map_mean")[lo:hi][index[present] - lo]
+                map_std[present] = f.get_slice("map_std")[lo:hi][index[present] - lo]
+            out["map_mean"], out["map_std"] = map_mean, map_std
         if self.has_text:
             if caption_index is None:
                 out["prompt_embeds"], out["pooled_embeds"] = shared["empty_prompt_embeds"], shared["empty_pooled_embeds"]
@@ -172,19 +174,22 @@ class CachedFaceDataset(torch.utils.data.Dataset):
 
     Same ids, same (seed, epoch, id) choices via `sample_choice`. Items: id, caption (""=dropped),
     caption_index, drop_maps bool [20], face_mean/face_std [C,h,w], map_mean/map_std [20,C,h,w]
-    (absent and dropped maps = the empty map), prompt_embeds [L,D], pooled_embeds [Dp];
+    (absent and dropped maps = the empty map; none for a `train.mode: base` config), prompt_embeds
+    [L,D], pooled_embeds [Dp];
     tensors in the cache dtype. `cached_batch_inputs(collate(items), dataset.vae_config, gen)`
     then gives the training step's inputs.
     """
 
     def __init__(self, cache: LatentCache, ids: Sequence[int], seed: int = 0, train: bool = True,
-                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, drop_mask_prob: float = 0.0):
+                 drop_text_prob: float = 0.1, drop_image_prob: float = 0.1, drop_mask_prob: float = 0.0,
+                 maps: bool = True):
         missing = [i for i in ids if i not in cache.locations]
         if missing:
             raise CacheError(f"latent cache {cache.dir} lacks {len(missing)} of {len(ids)} ids (e.g. {missing[0]})")
         self.cache, self.ids = cache, list(ids)
         self.seed, self.train = seed, train
         self.drop_text_prob, self.drop_image_prob, self.drop_mask_prob = drop_text_prob, drop_image_prob, drop_mask_prob
+        self.maps = maps  # False: items without map_mean/map_std (train.mode base)
         self.epoch = 0
 
     @classmethod
@@ -192,7 +197,7 @@ class CachedFaceDataset(torch.utils.data.Dataset):
                     train: Optional[bool] = None) -> "CachedFaceDataset":
         train = (split == "train") if train is None else train
         return cls(cache, read_split(cfg.data.root, split_spec(split, cfg.data)), seed, train, cfg.data.drop_text_prob,
-                   cfg.data.drop_image_prob, cfg.data.drop_mask_prob)
+                   cfg.data.drop_image_prob, cfg.data.drop_mask_prob, maps=wants_maps(cfg))
 
     @property
     def vae_config(self) -> dict:
@@ -221,5 +226,5 @@ class CachedFaceDataset(torch.utils.data.Dataset):
             "caption_index": choice.caption_index,
             "drop_maps": torch.from_numpy(choice.drop_maps),
         }
-        item.update(self.cache.read(i, None if choice.drop_text else choice.caption_index, choice.drop_maps))
+        item.update(self.cache.read(i, None if choice.drop_text else choice.caption_index, choice.drop_maps, self.maps))
         return item

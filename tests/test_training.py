@@ -13,7 +13,7 @@ from face_mogle.config import ConfigError, load_config
 from face_mogle.data.synthetic import write_dataset
 from face_mogle.training import objective
 from face_mogle.training.checkpoint import CheckpointError, list_checkpoints
-from face_mogle.training.trainer import StepBatches, Trainer, TrainingError, make_optimizer
+from face_mogle.training.trainer import StepBatches, Trainer, TrainingError, lr_factor, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,11 +120,34 @@ def test_cosine_decay_lays_the_rate_out_over_max_steps(data, tmp_path):
         flat_sched.step()
     assert flat_cfg.train.optimizer.decay == "constant" and flat.param_groups[0]["lr"] == 0.01  # the default is unchanged
     # a cosine run is laid out over its max_steps: resuming it with another one is refused by name
-    Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 1})).train()
+    Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 2})).train()
     with pytest.raises(TrainingError, match=r"train\.max_steps \(the cosine decay"):
-        Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 2}), resume="latest")
+        Trainer(cfg_for(data, tmp_path, **{"train.optimizer.decay": "cosine", "train.max_steps": 3}), resume="latest")
     with pytest.raises(ConfigError, match="train.optimizer.decay"):
         cfg_for(data, tmp_path, **{"train.optimizer.decay": "linear"})
+
+
+def test_a_constant_run_resumes_with_a_cool_down_at_its_end(data, tmp_path):
+    # decay_steps: the cosine spans only the last steps; the rate is held until then
+    assert [lr_factor(s, 1, "cosine", 6, 2) for s in range(7)] == pytest.approx([1, 1, 1, 1, 1, 0.5, 0])
+    base = {"train.optimizer.type": "adamw", "train.optimizer.lr": 0.01}
+    cool = {**base, "train.optimizer.decay": "cosine", "train.optimizer.decay_steps": 2, "train.max_steps": 4}
+    Trainer(cfg_for(data, tmp_path / "a", **base, **{"train.max_steps": 2, "train.save_interval": 2})).train()
+    # the two steps taken had the rate the cool-down config gives them, so it may take over ...
+    resumed = Trainer(cfg_for(data, tmp_path / "a", **cool), resume="latest")
+    resumed.train()
+    assert resumed.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    # ... and ends exactly where a run with the cool-down from the start ends
+    Trainer(cfg_for(data, tmp_path / "b", **cool)).train()
+    wa, wb = weights(tmp_path / "a" / "t", 4), weights(tmp_path / "b" / "t", 4)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], weights(tmp_path / "a" / "t", 2)[k]) for k in wa)
+    # a cool-down that would have lowered a step already taken is refused, by name
+    with pytest.raises(TrainingError, match=r"train\.optimizer\.decay, train\.optimizer\.decay_steps"):
+        Trainer(cfg_for(data, tmp_path / "a", **{**cool, "train.optimizer.decay_steps": 4, "train.max_steps": 4}),
+                resume=str(tmp_path / "a" / "t" / "checkpoints" / "step-2"))
+    with pytest.raises(ConfigError, match="train.optimizer.decay_steps"):
+        cfg_for(data, tmp_path, **{**base, "train.optimizer.decay_steps": 2})
 
 
 def test_crash_during_save_keeps_previous_checkpoint(data, tmp_path):

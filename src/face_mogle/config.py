@@ -192,6 +192,9 @@ class OptimizerConfig:
     # "constant" (the official recipe's) or "cosine": after warm-up the rate falls to 0 at train.max_steps;
     # a short run then ends on small, averaging steps instead of at full rate.
     decay: str = "constant"
+    # cosine only: the fall spans the last decay_steps steps, the rate held until then (warm-up, stable,
+    # decay); 0: it spans every step after warm-up
+    decay_steps: int = 0
 
 
 @dataclass
@@ -467,6 +470,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'pretrained_transformer' names a GGUF file, which is already quantized: "
                           f"model.quantize must be none with it (got {cfg.model.quantize!r})")
     _choice("train.optimizer.decay", cfg.train.optimizer.decay, ("constant", "cosine"))
+    opt = cfg.train.optimizer
+    if opt.decay_steps < 0 or (opt.decay_steps and opt.decay != "cosine"):
+        raise ConfigError(f"config key 'train.optimizer.decay_steps' is a number of final steps >= 0 that the cosine "
+                          f"decay spans (train.optimizer.decay: cosine); got {opt.decay_steps} with decay {opt.decay}")
     _choice("train.tracker", cfg.train.tracker, ("tensorboard", "wandb", "none"))
     _choice("sample.mask_latent", cfg.sample.mask_latent, ("mode", "sample"))
     _choice("sample.local_maps", cfg.sample.local_maps, ("real", "blank"))

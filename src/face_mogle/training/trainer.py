@@ -101,10 +101,24 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resume_config(saved: Config, current: Config, source: str = "the run's config.yaml") -> None:
+# The learning-rate schedule may change on resume when the rates of the steps already taken stay the
+# same (a constant run given a cool-down at its end); a change that rewrites them is refused.
+SCHEDULE_KEYS = {"train.optimizer.decay", "train.optimizer.decay_steps"}
+
+
+def _rates(cfg: Config, steps: int) -> list[float]:
+    opt = cfg.train.optimizer
+    return [lr_factor(s, max(0, opt.warmup_steps), opt.decay, cfg.train.max_steps, opt.decay_steps) for s in range(steps)]
+
+
+def check_resume_config(saved: Config, current: Config, source: str = "the run's config.yaml", step: int | None = None) -> None:
+    """Refuse to resume from a checkpoint at `step` (None: unknown) trained with other settings."""
     a, b = _flat(to_dict(saved)), _flat(to_dict(current))
-    changed = sorted(k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES)
-    if a.get("train.optimizer.decay") == "cosine" and a.get("train.max_steps") != b.get("train.max_steps"):
+    changed = sorted(k for k in a if a[k] != b.get(k) and k not in RESUMABLE_CHANGES | SCHEDULE_KEYS)
+    same_rates = step is not None and _rates(saved, step) == _rates(current, step)
+    if any(a.get(k) != b.get(k) for k in SCHEDULE_KEYS) and not same_rates:
+        changed += sorted(k for k in SCHEDULE_KEYS if a.get(k) != b.get(k))
+    if a.get("train.optimizer.decay") == "cosine" and a.get("train.max_steps") != b.get("train.max_steps") and not same_rates:
         changed.append("train.max_steps (the cosine decay is laid out over it)")
     if changed:
         raise TrainingError(
@@ -186,18 +200,20 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
     else:
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
     warmup, total = max(0, opt.warmup_steps), cfg.train.max_steps
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, opt.decay, total))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, opt.decay, total, opt.decay_steps))
 
 
-def lr_factor(step: int, warmup: int, decay: str, total: int) -> float:
+def lr_factor(step: int, warmup: int, decay: str, total: int, decay_steps: int = 0) -> float:
     """The learning-rate multiplier for optimizer step `step` (0-based): linear warm-up, then
-    constant or a cosine down to 0 at step `total`."""
+    constant or a cosine down to 0 at step `total`, over its last `decay_steps` steps (0: all after warm-up)."""
     if warmup and step < warmup:
         return (step + 1) / warmup
     if decay == "constant":
         return 1.0
-    span = max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    start = max(warmup, total - decay_steps) if decay_steps else warmup
+    span = max(1, total - start)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0, step - start) / span)))
 
 
 EXPORT_RECORD = "export.json"
@@ -282,13 +298,13 @@ class Trainer:
         # What the checkpoint's state was trained with: its own record, else its run's config.yaml
         if "config" in state:
             try:
-                check_resume_config(from_dict(state["config"]), self.cfg, f"the config of checkpoint {path}")
+                check_resume_config(from_dict(state["config"]), self.cfg, f"the config of checkpoint {path}", state.get("step"))
             except ConfigError as err:
                 raise TrainingError(f"checkpoint {path}: its recorded config no longer loads ({err})") from None
         else:
             for saved in (path.parent.parent / "config.yaml", self.run_dir / "config.yaml"):
                 if saved.is_file():
-                    check_resume_config(load_config(saved), self.cfg, f"{saved}")
+                    check_resume_config(load_config(saved), self.cfg, f"{saved}", state.get("step"))
                     break
         change = process_change(state, self.acc.num_processes, self.cfg.train.batch_size)
         if change and self.acc.is_main_process:

@@ -58,7 +58,10 @@ def test_each_check_names_what_fails():
     ranges = reference_ranges(SIZE)
     assert check(s.labels, ranges) is None
     no_nose = np.where(s.labels == L["nose"], L["skin"], s.labels)
-    assert check(no_nose, ranges) == "no face or missing part" and features(no_nose) is None
+    assert check(no_nose, ranges) == "no nose" and features(no_nose) is None
+    no_brows = np.where(np.isin(s.labels, [L["l_brow"], L["r_brow"]]), L["skin"], s.labels)
+    assert check(no_brows, ranges) == "no l_brow"
+    assert check(np.zeros_like(s.labels), ranges) == "no face"
     assert check(s.labels[::-1], ranges) == "parts out of order"
     # a second mouth far below the face: the mouth is no longer one piece inside the face
     two_mouths = s.labels.copy()

@@ -152,12 +152,25 @@ def reference_ranges(size: int = 128, expressions: bool = False, vae=None, seed:
     return ranges
 
 
+def _lacking(labels) -> str:
+    """What a label map without features lacks: "no face", "no <part>" (the first missing, in PARTS
+    order) or "eyes at one point" (no eye axis)."""
+    labels = np.asarray(labels)
+    speck = max(3, labels.size // SPECK_DIVISOR)
+    if not _pieces(np.isin(labels, FACE_CLASSES), speck)[1].any():
+        return "no face"
+    for name, classes in PARTS.items():
+        if not _pieces(np.isin(labels, classes), speck)[0].any():
+            return f"no {name}"
+    return "eyes at one point"
+
+
 def check(labels, ranges: dict[str, tuple[float, float]]) -> str | None:
-    """Why a label map is not a valid face ("no face or missing part", "parts out of order", or the
-    first feature out of range), or None when it is valid."""
+    """Why a label map is not a valid face ("no face", "no <part>", "parts out of order", or the first
+    feature out of range), or None when it is valid."""
     feats = features(labels)
     if feats is None:
-        return "no face or missing part"
+        return _lacking(labels)
     if not in_order(feats):
         return "parts out of order"
     for key, (lo, hi) in ranges.items():

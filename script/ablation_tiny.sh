@@ -6,9 +6,10 @@
 #   bash script/ablation_tiny.sh [STEPS] [NUM]
 #
 # Needs the stages of script/train_tiny.sh (checkpoints/tiny-stages/). STEPS (default: the recipe's
-# max_steps) is each run's budget; below that the full model's row is its own checkpoint at STEPS
-# (the learning rate is constant after warm-up, so it is the same run stopped there: keep STEPS a
-# multiple of train.save_interval among the kept checkpoints). NUM held-out faces are scored
+# max_steps) is each run's budget; below that the full model's row is its own checkpoint at STEPS and
+# every run holds its rate after warm-up (the recipe's cool-down starts later, so that checkpoint is
+# the same run stopped there: keep STEPS a multiple of train.save_interval among the kept checkpoints,
+# before the cool-down). NUM held-out faces are scored
 # (default 300). Each run resumes where it stopped; the figures go to logs/ablation-STEPS.json.
 set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,/^set /p' "$0" | grep "^#" | cut -c3-; exit 0; fi
@@ -24,7 +25,9 @@ if [[ ! -f "$FULL/export.json" ]]; then
     echo "error: $FULL has no finished run: run 'bash script/train_tiny.sh' first" >&2
     exit 1
 fi
+SCHEDULE=()
 if [[ "$STEPS" != "$FULL_STEPS" ]]; then
+    SCHEDULE=(--set train.optimizer.decay=constant --set train.optimizer.decay_steps=0)
     # the full model at STEPS: its checkpoint, exported in a copy of the run folder
     CUT=$RUNS/face-mogle-tiny-at-$STEPS
     if [[ ! -f "$CUT/export.json" ]]; then
@@ -36,7 +39,7 @@ if [[ "$STEPS" != "$FULL_STEPS" ]]; then
         cp "$FULL/config.yaml" "$CUT/"
         cp -r "$FULL/checkpoints/step-$STEPS" "$CUT/checkpoints/"
         python train.py --config "$CONFIG" --set "name=face-mogle-tiny-at-$STEPS" --set "train.max_steps=$STEPS" \
-            --resume latest
+            "${SCHEDULE[@]}" --resume latest
     fi
     FULL=$CUT
 fi
@@ -54,7 +57,8 @@ PY
         # resume from the newest checkpoint; a run stopped before its first one starts again
         if compgen -G "$RUNS/$name/checkpoints/step-*" >/dev/null; then RESUME=(--resume latest)
         elif [[ -e "$RUNS/$name" && ! -e "$RUNS/$name/export.json" ]]; then RESUME=(--overwrite); else RESUME=(); fi
-        python train.py --config "$CONFIG" --set "name=$name" --set "$key" --set "train.max_steps=$STEPS" "${RESUME[@]}"
+        python train.py --config "$CONFIG" --set "name=$name" --set "$key" --set "train.max_steps=$STEPS" "${SCHEDULE[@]}" \
+            "${RESUME[@]}"
     fi
     ROWS+=("$RUNS/$name")
 done

@@ -302,6 +302,27 @@ def test_a_copied_run_folder_resumes_under_its_new_name(data, tmp_path):
     assert not all(torch.equal(v, weights(tmp_path / "t", 4)["mogle." + k]) for k, v in exported.items())
 
 
+def test_a_cooled_run_cut_before_its_cool_down_resumes_at_a_held_rate(data, tmp_path):
+    """script/ablation_tiny.sh below the full budget: the cut holds its rate, as the full run did until then."""
+    import shutil
+
+    cool = {"train.optimizer.type": "adamw", "train.optimizer.warmup_steps": 0, "train.optimizer.decay": "cosine",
+            "train.optimizer.decay_steps": 2, "train.max_steps": 4, "train.save_interval": 2}
+    Trainer(cfg_for(data, tmp_path, **cool)).train()
+    copy = tmp_path / "t-at-2"
+    (copy / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "t" / "config.yaml", copy)
+    shutil.copytree(tmp_path / "t" / "checkpoints" / "step-2", copy / "checkpoints" / "step-2")
+    # its own cool-down laid over 2 steps would have lowered step 1's rate: refused
+    with pytest.raises(TrainingError, match=r"train\.max_steps \(the cosine decay"):
+        Trainer(cfg_for(data, tmp_path, **{**cool, "name": "t-at-2", "train.max_steps": 2}), resume="latest")
+    held = {"train.optimizer.decay": "constant", "train.optimizer.decay_steps": 0}
+    cut = Trainer(cfg_for(data, tmp_path, **{**cool, **held, "name": "t-at-2", "train.max_steps": 2}), resume="latest")
+    assert cut.start_step == 2 and cut.train() == []
+    exported = load_file(str(copy / "mogle.safetensors"))
+    assert exported and all(torch.equal(v, weights(tmp_path / "t", 2)["mogle." + k]) for k, v in exported.items())
+
+
 def test_finished_run_is_never_overwritten(data, tmp_path):
     """A run folder with exported weights but no checkpoints (cleaned up, copied) is still a run."""
     import shutil

@@ -67,23 +67,31 @@ def _pieces(mask: np.ndarray, speck: int) -> tuple[np.ndarray, np.ndarray]:
 def features(labels) -> dict[str, float] | None:
     """The measured features of one label map [H, W] (see the module docstring), or None where it
     has no face region or lacks a part (such a face is invalid whatever the ranges)."""
+    out = _measure(labels)
+    return out if isinstance(out, dict) else None
+
+
+def _measure(labels) -> dict[str, float] | str:
+    """The features of a label map, or what it lacks: "no face", "no <part>" (the first missing, in
+    PARTS order) or "eyes at one point" (no eye axis)."""
     labels = np.asarray(labels)
     h, w = labels.shape
     speck = max(3, h * w // SPECK_DIVISOR)
     face_all, face = _pieces(np.isin(labels, FACE_CLASSES), speck)
     area = int(face.sum())
     if area == 0:
-        return None
+        return "no face"
     ys, xs = np.nonzero(face)
     centre = np.array([xs.mean(), ys.mean()])
     parts = {name: _pieces(np.isin(labels, classes), speck) for name, classes in PARTS.items()}
-    if any(not kept.any() for kept, _ in parts.values()):
-        return None
+    lacking = [name for name, (kept, _) in parts.items() if not kept.any()]
+    if lacking:
+        return f"no {lacking[0]}"
     cents = {name: np.array([np.nonzero(m)[1].mean(), np.nonzero(m)[0].mean()]) for name, (m, _) in parts.items()}
     axis = cents["l_eye"] - cents["r_eye"]  # the person's right eye is on the image left
     norm = float(np.hypot(*axis))
     if norm == 0:
-        return None
+        return "eyes at one point"
     axis /= norm
     down = np.array([-axis[1], axis[0]])
     unit = math.sqrt(area)
@@ -152,25 +160,12 @@ def reference_ranges(size: int = 128, expressions: bool = False, vae=None, seed:
     return ranges
 
 
-def _lacking(labels) -> str:
-    """What a label map without features lacks: "no face", "no <part>" (the first missing, in PARTS
-    order) or "eyes at one point" (no eye axis)."""
-    labels = np.asarray(labels)
-    speck = max(3, labels.size // SPECK_DIVISOR)
-    if not _pieces(np.isin(labels, FACE_CLASSES), speck)[1].any():
-        return "no face"
-    for name, classes in PARTS.items():
-        if not _pieces(np.isin(labels, classes), speck)[0].any():
-            return f"no {name}"
-    return "eyes at one point"
-
-
 def check(labels, ranges: dict[str, tuple[float, float]]) -> str | None:
     """Why a label map is not a valid face ("no face", "no <part>", "parts out of order", or the first
     feature out of range), or None when it is valid."""
-    feats = features(labels)
-    if feats is None:
-        return _lacking(labels)
+    feats = _measure(labels)
+    if isinstance(feats, str):
+        return feats
     if not in_order(feats):
         return "parts out of order"
     for key, (lo, hi) in ranges.items():

@@ -107,8 +107,8 @@ SCHEDULE_KEYS = {"train.optimizer.decay", "train.optimizer.decay_steps"}
 
 
 def _rates(cfg: Config, steps: int) -> list[float]:
-    opt = cfg.train.optimizer
-    return [lr_factor(s, max(0, opt.warmup_steps), opt.decay, cfg.train.max_steps, opt.decay_steps) for s in range(steps)]
+    rate = lr_schedule(cfg)
+    return [rate(s) for s in range(steps)]
 
 
 def check_resume_config(saved: Config, current: Config, source: str = "the run's config.yaml", step: int | None = None) -> None:
@@ -199,9 +199,14 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]):
         optimizer = AdamW8bit(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
     else:
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay, eps=opt.eps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg))
+
+
+def lr_schedule(cfg: Config):
+    """The config's learning-rate multiplier as a function of the optimizer step."""
+    opt = cfg.train.optimizer
     warmup, total = max(0, opt.warmup_steps), cfg.train.max_steps
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, opt.decay, total, opt.decay_steps))
+    return lambda step: lr_factor(step, warmup, opt.decay, total, opt.decay_steps)
 
 
 def lr_factor(step: int, warmup: int, decay: str, total: int, decay_steps: int = 0) -> float:
